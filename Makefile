@@ -1,0 +1,38 @@
+# Every target bootstraps .venv first, so a fresh clone needs nothing but python3 (>= 3.11).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= proxy/demo/portico.yaml
+
+.PHONY: run test lint typecheck unit bench check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/portico serve --config $(CONFIG)
+
+check: $(STAMP)
+	$(BIN)/portico check --config $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy plugins tests bench
+	$(BIN)/lint-imports --config setup.cfg
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict proxy plugins
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.core_ws
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

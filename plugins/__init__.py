@@ -1,0 +1,1 @@
+"""Bundled plugins. Each module exposes its plugin class as ``plugin``; see README "Writing a plugin"."""

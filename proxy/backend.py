@@ -1,0 +1,390 @@
+"""A backend: one configured MCP server, its upstream links, and what it offers.
+
+Each backend keeps one *catalog link* that is always open: it lists the backend's tools, prompts and
+resources and, for ``session: shared`` backends, carries every client's calls. A ``session: per-client``
+backend also opens one link per client session on its first call and closes it when that session ends,
+so backends that keep per-caller state, or call back to the client, see one caller per session.
+
+Server-to-client requests arriving on a per-client link belong to that link's client. On a shared link
+they belong to the one client with calls in flight to this backend; when several have, no one can tell
+whose it is, and the backend gets an error saying to use ``session: per-client`` rather than a guess that
+could show one client's data to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from proxy import jsonrpc
+from proxy.config import RemoteBackendConfig, StdioBackendConfig
+from proxy.connectors.base import Connector
+from proxy.errors import BackendUnavailable, ErrorCode
+from proxy.jsonrpc import Message
+from proxy.router import LIST_METHODS, BackendLists
+from proxy.upstream import UpstreamLink
+
+log = logging.getLogger("portico.backend")
+
+_MAX_LIST_PAGES = 1000
+# Capabilities a shared link declares: the gateway can route these to the calling client. Roots are
+# left out because roots belong to one client and a shared session has many.
+_SHARED_LINK_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {"form": {}}}
+_LIST_CAPABILITY = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resources",
+}
+_LIST_CHANGED = {
+    "notifications/tools/list_changed": ("tools/list",),
+    "notifications/prompts/list_changed": ("prompts/list",),
+    "notifications/resources/list_changed": ("resources/list", "resources/templates/list"),
+}
+
+
+class ClientIdentity(Protocol):
+    """What a backend needs to know about the client session it opens a per-client link for."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def client_info(self) -> dict[str, Any]: ...
+
+    @property
+    def client_capabilities(self) -> dict[str, Any]: ...
+
+
+class BackendEvents(Protocol):
+    """How a backend reaches the clients; implemented by the gateway."""
+
+    def backend_changed(self, backend: Backend) -> None: ...
+
+    def backend_down(self, backend: Backend, reason: str) -> None: ...
+
+    async def relay_request(self, backend: Backend, session_id: str, message: Message) -> Message:
+        """Put a backend's request to the client of ``session_id`` and return the client's response."""
+        ...
+
+    def deliver_notification(
+        self, backend: Backend, session_ids: list[str] | None, message: Message
+    ) -> None: ...
+
+
+class Backend:
+    """One configured backend; see the module docstring for how sessions map onto links."""
+
+    def __init__(
+        self,
+        name: str,
+        config: StdioBackendConfig | RemoteBackendConfig,
+        connector_factory: Callable[[], Connector],
+        events: BackendEvents,
+        gateway_info: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.state = "starting"
+        self.lists = BackendLists()
+        self.capabilities: dict[str, Any] = {}
+        self.server_info: dict[str, Any] = {}
+        self.instructions: str | None = None
+        self._connector_factory = connector_factory
+        self._events = events
+        self._gateway_info = gateway_info
+        self._catalog_link: UpstreamLink | None = None
+        self._client_links: dict[str, UpstreamLink] = {}
+        self._link_openers: dict[str, asyncio.Task[UpstreamLink]] = {}
+        self._inflight: collections.Counter[str] = collections.Counter()
+        self._progress: dict[int, tuple[str, Any]] = {}
+        self._progress_ids = itertools.count(1)
+        self._subscribers: dict[str, set[str]] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Server-to-client requests being relayed, by (link, the backend's request id).
+        self._relays: dict[tuple[int, Any], asyncio.Task[Any]] = {}
+
+    @property
+    def shared(self) -> bool:
+        return self.config.session == "shared"
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the catalog link and read the lists; raises BackendUnavailable with the reason."""
+        link = UpstreamLink(self.name, self._connector_factory(), self, owner=None)
+        self._catalog_link = link
+        try:
+            await link.start(
+                dict(_SHARED_LINK_CAPABILITIES), self._gateway_info, self.config.startup_timeout_seconds
+            )
+            result = link.initialize_result
+            self.capabilities = result.get("capabilities") or {}
+            self.server_info = result.get("serverInfo") or {}
+            self.instructions = result.get("instructions")
+            await self._refresh(tuple(LIST_METHODS))
+        except BackendUnavailable:
+            self.state = "down"
+            await link.close()
+            raise
+        except Exception as exc:
+            self.state = "down"
+            await link.close()
+            raise BackendUnavailable(f"start-up failed: {exc}") from exc
+        if link.closed:
+            self.state = "down"
+            raise BackendUnavailable(link.close_reason)
+        self.state = "ready"
+
+    async def stop(self) -> None:
+        self.state = "stopped"
+        for task in list(self._tasks):
+            task.cancel()
+        links = [*self._client_links.values(), *([self._catalog_link] if self._catalog_link else [])]
+        self._client_links.clear()
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+
+    async def forget_session(self, session_id: str) -> None:
+        """A client session ended: drop its subscriptions and close its per-client link."""
+        for uri in [uri for uri, ids in self._subscribers.items() if session_id in ids]:
+            await self._unsubscribe_shared(session_id, uri)
+        opener = self._link_openers.pop(session_id, None)
+        if opener is not None:
+            opener.cancel()
+        link = self._client_links.pop(session_id, None)
+        if link is not None:
+            await link.close()
+        self._inflight.pop(session_id, None)
+
+    # -- calls -----------------------------------------------------------------------------------------
+
+    async def call(
+        self, session: ClientIdentity, method: str, params: dict[str, Any], timeout: float
+    ) -> Message:
+        """Forward a request for ``session`` and return the backend's response message."""
+        if not self.ready:
+            raise BackendUnavailable(f"backend {self.name!r} is unavailable ({self.state})")
+        link = await self._link_for(session, timeout)
+        progress_id = self._remap_progress(session.id, params)
+        self._inflight[session.id] += 1
+        try:
+            return await link.request(method, params, timeout=timeout)
+        finally:
+            self._inflight[session.id] -= 1
+            if not self._inflight[session.id]:
+                del self._inflight[session.id]
+            if progress_id is not None:
+                self._progress.pop(progress_id, None)
+
+    async def notify(self, session: ClientIdentity, method: str, params: dict[str, Any] | None) -> None:
+        link = self._client_links.get(session.id) if not self.shared else self._catalog_link
+        if link is not None and not link.closed:
+            with contextlib.suppress(BackendUnavailable):
+                await link.notify(method, params)
+
+    async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
+        links = [self._catalog_link, *self._client_links.values()]
+        for link in links:
+            if link is not None and not link.closed:
+                with contextlib.suppress(BackendUnavailable):
+                    await link.notify(method, params)
+
+    async def subscribe(self, session: ClientIdentity, uri: str, timeout: float) -> Message:
+        if not self.shared:
+            reply = await self.call(session, "resources/subscribe", {"uri": uri}, timeout)
+        elif self._subscribers.get(uri):
+            reply = jsonrpc.result(None, {})
+        else:
+            reply = await self.call(session, "resources/subscribe", {"uri": uri}, timeout)
+        if "result" in reply:
+            self._subscribers.setdefault(uri, set()).add(session.id)
+        return reply
+
+    async def unsubscribe(self, session: ClientIdentity, uri: str, timeout: float) -> Message:
+        if not self.shared:
+            self._subscribers.get(uri, set()).discard(session.id)
+            return await self.call(session, "resources/unsubscribe", {"uri": uri}, timeout)
+        await self._unsubscribe_shared(session.id, uri)
+        return jsonrpc.result(None, {})
+
+    async def _unsubscribe_shared(self, session_id: str, uri: str) -> None:
+        subscribers = self._subscribers.get(uri, set())
+        subscribers.discard(session_id)
+        if subscribers:
+            return
+        self._subscribers.pop(uri, None)
+        link = self._catalog_link if self.shared else self._client_links.get(session_id)
+        if link is not None and not link.closed:
+            with contextlib.suppress(BackendUnavailable):
+                await link.request("resources/unsubscribe", {"uri": uri}, timeout=self.config.timeout_seconds)
+
+    async def _link_for(self, session: ClientIdentity, timeout: float) -> UpstreamLink:
+        if self.shared:
+            return self._catalog()
+        link = self._client_links.get(session.id)
+        if link is not None and not link.closed:
+            return link
+        # Concurrent first calls of one session share a single handshake.
+        opener = self._link_openers.get(session.id)
+        if opener is None:
+            opener = asyncio.create_task(self._open_client_link(session))
+            self._link_openers[session.id] = opener
+            opener.add_done_callback(lambda _: self._link_openers.pop(session.id, None))
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(opener)
+
+    async def _open_client_link(self, session: ClientIdentity) -> UpstreamLink:
+        link = UpstreamLink(self.name, self._connector_factory(), self, owner=session.id)
+        try:
+            await link.start(
+                session.client_capabilities, session.client_info, self.config.startup_timeout_seconds
+            )
+        except BaseException:
+            await link.close()
+            raise
+        self._client_links[session.id] = link
+        return link
+
+    def _remap_progress(self, session_id: str, params: dict[str, Any]) -> int | None:
+        # Progress tokens are chosen by clients and may collide; the backend sees the gateway's own.
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or "progressToken" not in meta:
+            return None
+        progress_id = next(self._progress_ids)
+        self._progress[progress_id] = (session_id, meta["progressToken"])
+        params["_meta"] = {**meta, "progressToken": progress_id}
+        return progress_id
+
+    # -- what the backend sends on its own (UpstreamHandler) ----------------------------------------------
+
+    def on_server_request(self, link: UpstreamLink, message: Message) -> None:
+        owner = link.owner or self._only_caller()
+        if owner is None:
+            log.warning(
+                "backend %s sent %s while %d clients had calls in flight; it cannot be attributed to one "
+                "client. Set `session: per-client` for this backend.",
+                self.name,
+                message["method"],
+                len(self._inflight),
+            )
+            reply = jsonrpc.error(
+                message["id"],
+                {
+                    "code": ErrorCode.CLIENT_REQUEST_UNDELIVERABLE,
+                    "message": f"The gateway cannot tell which client {message['method']} is for "
+                    "(this backend is shared; configure it with session: per-client)",
+                },
+            )
+            self._spawn(link.respond(reply))
+            return
+        key = (id(link), message["id"])
+        task = self._spawn(self._relay(link, owner, message))
+        self._relays[key] = task
+        task.add_done_callback(lambda _: self._relays.pop(key, None))
+
+    async def _relay(self, link: UpstreamLink, session_id: str, message: Message) -> None:
+        reply = await self._events.relay_request(self, session_id, message)
+        await link.respond({**reply, "id": message["id"]})
+
+    def on_server_notification(self, link: UpstreamLink, message: Message) -> None:
+        method = message["method"]
+        params = jsonrpc.params_of(message)
+        if method == "notifications/progress":
+            target = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
+            if target is not None:
+                session_id, token = target
+                forwarded = {**message, "params": {**params, "progressToken": token}}
+                self._events.deliver_notification(self, [session_id], forwarded)
+        elif method in _LIST_CHANGED:
+            self._spawn(self._refresh_and_announce(_LIST_CHANGED[method]))
+        elif method == "notifications/resources/updated":
+            uri = params.get("uri")
+            subscribers = self._subscribers.get(uri, set()) if isinstance(uri, str) else set()
+            targets = [s for s in subscribers if link.owner in (None, s)]
+            if targets:
+                self._events.deliver_notification(self, targets, message)
+        elif method == "notifications/cancelled":
+            # The backend gave up on a request it sent: stop relaying it (the client is told).
+            relay = self._relays.get((id(link), params.get("requestId")))
+            if relay is not None:
+                relay.cancel()
+        elif method == "notifications/message":
+            self._events.deliver_notification(self, [link.owner] if link.owner else None, message)
+        else:
+            self._events.deliver_notification(self, [link.owner] if link.owner else [], message)
+
+    def on_link_closed(self, link: UpstreamLink, reason: str) -> None:
+        if link is self._catalog_link and self.state != "stopped":
+            was_ready = self.state == "ready"
+            self.state = "down"
+            if was_ready:
+                self._events.backend_down(self, reason)
+            for client_link in list(self._client_links.values()):
+                self._spawn(client_link.close())
+            self._client_links.clear()
+        elif link.owner is not None and self._client_links.get(link.owner) is link:
+            del self._client_links[link.owner]
+
+    def _only_caller(self) -> str | None:
+        return next(iter(self._inflight)) if len(self._inflight) == 1 else None
+
+    # -- lists -------------------------------------------------------------------------------------------
+
+    async def _refresh_and_announce(self, methods: tuple[str, ...]) -> None:
+        try:
+            await self._refresh(methods)
+        except BackendUnavailable as exc:
+            log.warning("backend %s: could not re-read its lists: %s", self.name, exc.message)
+            return
+        self._events.backend_changed(self)
+
+    async def _refresh(self, methods: tuple[str, ...]) -> None:
+        async with self._refresh_lock:
+            changes: dict[str, tuple[dict[str, Any], ...]] = {}
+            for method in methods:
+                if _LIST_CAPABILITY[method] in self.capabilities:
+                    changes[LIST_METHODS[method][0]] = await self._fetch_all(method)
+            self.lists = BackendLists(**{**_as_dict(self.lists), **changes})
+
+    def _catalog(self) -> UpstreamLink:
+        if self._catalog_link is None:
+            raise BackendUnavailable(f"backend {self.name!r} has not started")
+        return self._catalog_link
+
+    async def _fetch_all(self, method: str) -> tuple[dict[str, Any], ...]:
+        link = self._catalog()
+        key = LIST_METHODS[method][0]
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        for _ in range(_MAX_LIST_PAGES):
+            reply = await link.request(method, params, timeout=self.config.timeout_seconds)
+            result = reply.get("result")
+            if not isinstance(result, dict):
+                error = reply.get("error", {}).get("message", "no result")
+                raise BackendUnavailable(f"{method} failed: {error}")
+            items.extend(item for item in result.get(key) or () if isinstance(item, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+            params = {"cursor": cursor}
+        return tuple(items)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _as_dict(lists: BackendLists) -> dict[str, tuple[dict[str, Any], ...]]:
+    return {key: getattr(lists, key) for key, _ in LIST_METHODS.values()}

@@ -1,0 +1,175 @@
+"""The plugin chain: the one road every JSON-RPC message travels, in both directions.
+
+A plugin is an async callable in the shape of an onion layer (like aiohttp middlewares)::
+
+    async def __call__(self, ctx, message, call_next) -> reply | None
+
+- pass:      ``return await call_next(ctx, message)``
+- modify:    call on with a changed copy of the message, or change the reply on its way back
+- answer:    return a reply without calling on (a cache hit, a de-duplicated call)
+- refuse:    raise ``Rejection`` (or any ``PorticoError``)
+
+The order is the config's list and nothing else. ``Chain.dispatch`` is the single place where an exception
+becomes a JSON-RPC error; a plugin that fails never lets the message through unprocessed, because the
+message only moves on when the plugin itself calls ``call_next``.
+
+Requests return their response (a dict with ``result`` or ``error``); notifications return ``None``.
+Direction ``TO_BACKEND`` carries what a client sent (and brings back the backend's reply); direction
+``TO_CLIENT`` carries what a backend sent (sampling, elicitation, roots, progress, logs, list changes) and
+brings back the client's reply.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from proxy import jsonrpc
+from proxy.errors import ErrorCode, PorticoError
+from proxy.jsonrpc import Message
+
+log = logging.getLogger("portico.chain")
+
+T = TypeVar("T")
+
+
+class Direction(enum.Enum):
+    TO_BACKEND = "to_backend"
+    TO_CLIENT = "to_client"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a message goes: the backend and the backend's own name for the thing addressed."""
+
+    backend: str
+    # "tool", "prompt", "resource", "template" or "backend" (a call that addresses the backend itself).
+    kind: str
+    # The backend's own tool or prompt name, or resource URI.
+    name: str
+    # The name or URI the client used.
+    exposed: str
+
+
+class SessionView(Protocol):
+    """What plugins may know about the client session a message belongs to."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def transport(self) -> str: ...
+
+    @property
+    def protocol_version(self) -> str | None: ...
+
+    @property
+    def client_info(self) -> dict[str, Any]: ...
+
+
+class Key(Generic[T]):
+    """A typed key for data plugins share through the context (never module globals)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Key({self.name!r})"
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a plugin may know about one message on its way."""
+
+    session: SessionView
+    direction: Direction
+    method: str
+    route: Route | None
+    # Monotonic time (``time.monotonic()``) by which the message must be answered.
+    deadline: float
+    # Who sent it, once an authentication plugin has said so.
+    principal: Any = None
+    _data: dict[Key[Any], Any] = field(default_factory=dict)
+
+    def get(self, key: Key[T], default: T | None = None) -> T | None:
+        return self._data.get(key, default)
+
+    def set(self, key: Key[T], value: T) -> None:
+        self._data[key] = value
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+
+Handler = Callable[[Context, Message], Awaitable[Message | None]]
+
+
+class Plugin(Protocol):
+    """One layer of the chain. See the module docstring for what it may do."""
+
+    async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None: ...
+
+
+class PluginFailure(PorticoError):
+    """A plugin raised something that is not a ``PorticoError``: a bug, reported as an internal error."""
+
+    code = ErrorCode.INTERNAL_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPlugin:
+    name: str
+    plugin: Plugin
+
+
+class Chain:
+    """The plugins in config order, wrapped once around a terminal handler."""
+
+    def __init__(self, plugins: Sequence[NamedPlugin], terminal: Handler) -> None:
+        self.plugins = tuple(plugins)
+        handler = terminal
+        # Built from the inside out, so the first plugin in the list sees a message first.
+        for named in reversed(self.plugins):
+            handler = _layer(named, handler)
+        self._entry = handler
+
+    async def dispatch(self, ctx: Context, message: Message) -> Message | None:
+        """Run the message through the chain; the single place errors become JSON-RPC errors."""
+        try:
+            return await self._entry(ctx, message)
+        except PorticoError as exc:
+            return _error_reply(message, exc)
+        except Exception:
+            # Only the terminal can get here (plugins' exceptions are wrapped): a gateway bug.
+            log.exception("internal error while handling %s", ctx.method)
+            return _error_reply(message, PluginFailure("Internal error in the gateway"))
+
+
+def _error_reply(message: Message, exc: PorticoError) -> Message | None:
+    if "id" in message and "method" in message:
+        return jsonrpc.error_from(message["id"], exc)
+    # A notification (or a response) cannot be answered; the refusal is logged instead.
+    log.info("dropped %s: %s", message.get("method", "response"), exc.message)
+    return None
+
+
+def _layer(named: NamedPlugin, inner: Handler) -> Handler:
+    plugin, name = named.plugin, named.name
+
+    async def layer(ctx: Context, message: Message) -> Message | None:
+        try:
+            return await plugin(ctx, message, inner)
+        except PorticoError:
+            raise
+        except Exception as exc:
+            log.exception("plugin %s failed on %s", name, ctx.method)
+            raise PluginFailure(f"Internal error in plugin {name!r}") from exc
+
+    return layer

@@ -1,0 +1,138 @@
+"""The ``portico`` command: ``serve``, ``check`` and ``--version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy import __version__, config
+from proxy.app import build_app
+from proxy.errors import ConfigError
+from proxy.gateway import Gateway
+from proxy.plugin_loader import build_plugins
+
+DEMO_CONFIG = Path(__file__).parent / "demo" / "portico.yaml"
+log = logging.getLogger("portico")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = config.load(args.config)
+        plugins = build_plugins(cfg)
+        if args.command == "check":
+            print(_describe(cfg, [p.name for p in plugins]))
+            return 0
+        if args.host:
+            cfg = cfg.model_copy(update={"listen": cfg.listen.model_copy(update={"host": args.host})})
+        if args.port is not None:
+            cfg = cfg.model_copy(update={"listen": cfg.listen.model_copy(update={"port": args.port})})
+        _run(Gateway(cfg, plugins))
+    except ConfigError as exc:
+        print(f"portico: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"portico: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portico", description="A WebSocket-first MCP gateway.")
+    parser.add_argument("--version", action="version", version=f"portico {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    for name, text in (
+        ("serve", "run the gateway"),
+        ("check", "validate a config and show what it resolves to"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument(
+            "--config", default=str(DEMO_CONFIG), help="YAML or JSON file (default: the bundled demo)"
+        )
+        sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        if name == "serve":
+            sub.add_argument("--host", help="address to listen on (overrides listen.host)")
+            sub.add_argument(
+                "--port", type=int, help="port to listen on, 0 for any free one (overrides listen.port)"
+            )
+    return parser
+
+
+def _describe(cfg: config.GatewayConfig, plugin_names: list[str]) -> str:
+    lines = [f"config: {cfg.source}", f"listen: ws://{cfg.listen.host}:{cfg.listen.port}/mcp", "backends:"]
+    for name, backend in cfg.mcpServers.items():
+        state = " (disabled)" if backend.disabled else ""
+        if isinstance(backend, config.StdioBackendConfig):
+            target = " ".join([backend.command, *backend.args])
+            lines.append(f"  {name}: stdio, session {backend.session}{state}: {target}")
+        else:
+            lines.append(f"  {name}: {backend.transport}, session {backend.session}{state}: {backend.url}")
+    rules = cfg.namespacing
+    lines.append(
+        f"namespacing: mode {rules.mode}, separator {rules.separator!r}, "
+        f"tool names <= {rules.max_tool_name_length} characters"
+    )
+    lines.append("chain: " + (" -> ".join(plugin_names) if plugin_names else "(empty)"))
+    return "\n".join(lines)
+
+
+def _run(gateway: Gateway) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(_serve(gateway))
+
+
+async def _serve(gateway: Gateway) -> None:
+    app = build_app(gateway)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    listen = gateway.config.listen
+    site = web.TCPSite(runner, listen.host, listen.port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = _bound_port(runner, listen.port)
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    live = ", ".join(f"{b.name} ({len(b.lists.tools)} tools)" for b in gateway.live_backends()) or "none"
+    print(f"Portico {__version__} listening on ws://{host}:{port}/mcp  (backends: {live})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        with contextlib.suppress(TypeError, IndexError):
+            return int(address[1])
+    return configured

@@ -1,0 +1,229 @@
+"""The gateway's configuration: read once at start-up, validated, frozen.
+
+The file is YAML (JSON is valid YAML, so both work). Backends live under ``mcpServers`` in the shape MCP
+clients already use, so an operator can paste an existing client config. Every problem is reported as one
+``ConfigError`` naming the file, the key path and what is wrong; no traceback ever reaches the operator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+from proxy.errors import ConfigError
+
+BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ``${PORTICO_PYTHON}`` lets a config start Python backends with the interpreter running the gateway.
+_BUILTIN_VARIABLES = {"PORTICO_PYTHON": sys.executable}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    # Browser origins allowed to open a session, besides localhost ones and clients that send no Origin.
+    allowed_origins: tuple[str, ...] = ()
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    heartbeat_seconds: float = Field(20.0, gt=0)
+
+
+class NamespacingConfig(_Strict):
+    separator: str = Field("_", pattern=r"^[A-Za-z0-9_.-]{1,4}$")
+    # ``always`` prefixes every name with its backend; ``never`` exposes names as they are and refuses
+    # collisions at start-up.
+    mode: Literal["always", "never"] = "always"
+    # Popular clients cap tool names at 64 characters; longer names are shortened deterministically.
+    max_tool_name_length: int = Field(64, ge=16, le=128)
+    page_size: int = Field(500, ge=1, le=100_000)
+
+
+class _BackendBase(_Strict):
+    session: Literal["shared", "per-client"] = "shared"
+    timeout_seconds: float = Field(60.0, gt=0)
+    startup_timeout_seconds: float = Field(30.0, gt=0)
+    disabled: bool = False
+
+
+class StdioBackendConfig(_BackendBase):
+    type: Literal["stdio"] = "stdio"
+    command: str = Field(min_length=1)
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class RemoteBackendConfig(_BackendBase):
+    url: str
+    # Client configs call this ``type``; both spellings are accepted.
+    transport: Literal["websocket"] = Field("websocket", alias="type")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("url")
+    @classmethod
+    def _websocket_scheme(cls, url: str) -> str:
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError("a websocket backend needs a ws:// or wss:// URL")
+        return url
+
+
+def _backend_kind(data: Any) -> str:
+    return "remote" if isinstance(data, Mapping) and "url" in data else "stdio"
+
+
+BackendConfig = Annotated[
+    Annotated[StdioBackendConfig, Tag("stdio")] | Annotated[RemoteBackendConfig, Tag("remote")],
+    Discriminator(_backend_kind),
+]
+
+
+class PluginEntry(_Strict):
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GatewayConfig(_Strict):
+    listen: ListenConfig = ListenConfig()
+    namespacing: NamespacingConfig = NamespacingConfig()
+    mcpServers: dict[str, BackendConfig] = Field(default_factory=dict)
+    plugins: tuple[PluginEntry, ...] = ()
+    # Where the file was read from; resolves relative ``cwd`` values. Not part of the file.
+    source: str = Field("<memory>", exclude=True)
+
+    @field_validator("mcpServers")
+    @classmethod
+    def _backend_names(cls, servers: dict[str, Any]) -> dict[str, Any]:
+        for name in servers:
+            if not BACKEND_NAME.match(name):
+                raise ValueError(
+                    f"backend name {name!r} must be 1-48 characters of A-Z a-z 0-9 _ . - "
+                    "and start with a letter or digit"
+                )
+        return servers
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugin_shorthand(cls, entries: Any) -> Any:
+        # ``- request_log`` is shorthand for ``- name: request_log``.
+        if isinstance(entries, list):
+            return [{"name": e} if isinstance(e, str) else e for e in entries]
+        return entries
+
+    def enabled_backends(self) -> dict[str, StdioBackendConfig | RemoteBackendConfig]:
+        return {name: cfg for name, cfg in self.mcpServers.items() if not cfg.disabled}
+
+
+def load(path: str | Path) -> GatewayConfig:
+    """Read, expand and validate a config file; every failure is one ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    return parse(text, source=str(path))
+
+
+def parse(text: str, *, source: str = "<memory>") -> GatewayConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"{source}: not valid YAML or JSON{at}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(raw).__name__}")
+    _reject_duplicate_keys(text, source)
+    raw = _expand_variables(raw, source, ())
+    try:
+        config = GatewayConfig.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    if "source" in raw:
+        raise ConfigError(f"{source}: source: unknown key")
+    return config
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for problem in exc.errors():
+        path = _key_path(p for p in problem["loc"] if not _is_union_tag(p))
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif problem["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{source}: {path or '(top level)'}: {message}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _key_path(parts: Iterable[int | str]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".")
+
+
+def _is_union_tag(part: int | str) -> bool:
+    return part in ("stdio", "remote")
+
+
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    pass
+
+
+def _no_duplicates(loader: _DuplicateKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(f"duplicate key {key!r} (line {mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_DuplicateKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def _reject_duplicate_keys(text: str, source: str) -> None:
+    # YAML silently keeps the last of two equal keys; two backends with one name must be an error.
+    try:
+        yaml.load(text, Loader=_DuplicateKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+
+
+def _expand_variables(value: Any, source: str, path: tuple[str, ...]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in the strings of backend entries."""
+    if isinstance(value, dict):
+        return {k: _expand_variables(v, source, (*path, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_variables(v, source, (*path, f"[{i}]")) for i, v in enumerate(value)]
+    if isinstance(value, str) and path[:1] == ("mcpServers",):
+        return _ENV_REFERENCE.sub(lambda m: _lookup(m, source, path), value)
+    return value
+
+
+def _lookup(match: re.Match[str], source: str, path: tuple[str, ...]) -> str:
+    name, default = match.group(1), match.group(2)
+    found = os.environ.get(name, _BUILTIN_VARIABLES.get(name))
+    if found is not None:
+        return found
+    if default is not None:
+        return default
+    where = _key_path(int(p[1:-1]) if p.startswith("[") else p for p in path)
+    raise ConfigError(f"{source}: {where}: environment variable {name} is not set and has no default")

@@ -1,0 +1,27 @@
+"""Backend transports. Each is one module implementing ``Connector``; ``make_connector`` picks one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from proxy.config import RemoteBackendConfig, StdioBackendConfig
+from proxy.connectors.base import Connector
+from proxy.connectors.stdio import StdioConnector
+from proxy.connectors.websocket import WebSocketConnector
+
+__all__ = ["Connector", "make_connector"]
+
+
+def make_connector(
+    backend: str,
+    config: StdioBackendConfig | RemoteBackendConfig,
+    *,
+    http: aiohttp.ClientSession,
+    base_dir: Path,
+    max_message_bytes: int,
+) -> Connector:
+    if isinstance(config, StdioBackendConfig):
+        return StdioConnector(backend, config, base_dir, max_message_bytes)
+    return WebSocketConnector(backend, config, http, max_message_bytes)

@@ -1,0 +1,166 @@
+"""Backends run as child processes speaking newline-delimited JSON-RPC on stdin/stdout.
+
+The child gets its own process group (so shutdown reaches anything it started) and, on Linux, dies with
+the gateway even if the gateway is killed outright. Its environment holds only a short list of variables
+every program needs plus what the config names, so the gateway's own secrets never leak into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+from proxy.config import StdioBackendConfig
+from proxy.connectors.base import Connector
+from proxy.errors import BackendUnavailable
+
+# Variables passed through from the gateway's environment; everything else must be configured.
+INHERITED_VARIABLES = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR")
+_GRACE_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+class StdioConnector(Connector):
+    transport = "stdio"
+
+    def __init__(
+        self, backend: str, config: StdioBackendConfig, base_dir: Path, max_message_bytes: int
+    ) -> None:
+        super().__init__(backend)
+        self.config = config
+        self.base_dir = base_dir
+        self.max_message_bytes = max_message_bytes
+        self.process: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def _open(self) -> None:
+        cwd = self.base_dir / self.config.cwd if self.config.cwd else None
+        env = {k: os.environ[k] for k in INHERITED_VARIABLES if k in os.environ} | dict(self.config.env)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                self.config.command,
+                *self.config.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                limit=self.max_message_bytes,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot start {self.config.command!r}: {exc}") from None
+        self._tasks = [
+            asyncio.create_task(self._read_stdout(self.process), name=f"{self.backend}-stdout"),
+            asyncio.create_task(self._read_stderr(self.process), name=f"{self.backend}-stderr"),
+        ]
+
+    async def _read_stdout(self, process: asyncio.subprocess.Process) -> None:
+        stdout = process.stdout
+        if stdout is None:  # pragma: no cover - created with stdout=PIPE
+            return
+        while True:
+            try:
+                line = await stdout.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    self._received(exc.partial)
+                break
+            except asyncio.LimitOverrunError:
+                await self._skip_oversized_line(stdout)
+                continue
+            except (ConnectionError, ValueError):
+                break
+            if line.strip():
+                self._received(line)
+        code = await _wait_exit(process)
+        self._report_closed(f"process exited with code {code}" if code is not None else "stdout closed")
+
+    async def _skip_oversized_line(self, stdout: asyncio.StreamReader) -> None:
+        # A message larger than the limit is dropped whole rather than forwarded truncated; the request
+        # it answered then fails by its deadline.
+        self.log.error("dropped a message larger than %d bytes", self.max_message_bytes)
+        while True:
+            try:
+                await stdout.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await stdout.readexactly(exc.consumed)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+
+    async def _read_stderr(self, process: asyncio.subprocess.Process) -> None:
+        stderr = process.stderr
+        while stderr is not None:
+            try:
+                line = await stderr.readline()
+            except (ValueError, ConnectionError):
+                # A line longer than the stream limit: the rest is still logged, in pieces.
+                continue
+            if not line:
+                return
+            self.log.info("%s", line.decode(errors="replace").rstrip())
+
+    async def send(self, data: bytes) -> None:
+        process = self.process
+        if process is None or process.stdin is None or process.returncode is not None:
+            raise BackendUnavailable(f"backend {self.backend!r} is not running")
+        try:
+            async with self._write_lock:
+                process.stdin.write(data + b"\n")
+                await process.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise BackendUnavailable(f"backend {self.backend!r} stopped accepting input: {exc}") from None
+
+    async def close(self) -> None:
+        """Stop the child as the MCP specification asks: close its input, then SIGTERM, then SIGKILL."""
+        process = self.process
+        if process is not None and process.returncode is None:
+            if process.stdin is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    process.stdin.close()
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    _signal_group(process.pid, sig)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_GRACE_SECONDS):
+                        await process.wait()
+                        break
+        if process is not None:
+            # Whatever the child started in its own group goes too.
+            _signal_group(process.pid, signal.SIGKILL)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._report_closed("closed by the gateway")
+
+
+async def _wait_exit(process: asyncio.subprocess.Process) -> int | None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_GRACE_SECONDS):
+            return await process.wait()
+    return None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGKILL it when the gateway dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""Demo MCP servers (weather, notes) that Portico can front over stdio."""

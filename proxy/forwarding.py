@@ -1,0 +1,138 @@
+"""Requests that go to one backend: find the route, speak the backend's own names, map the reply back.
+
+The client uses exposed names (``weather-api_get_weather``, ``portico://notes/notes://a``); the backend
+must see its own (``get_weather``, ``notes://a``). Both directions are table look-ups on the catalog.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from proxy import jsonrpc
+from proxy.chain import Context, Route
+from proxy.errors import InvalidParams, PorticoError
+from proxy.jsonrpc import Message
+from proxy.router import Catalog
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+    from proxy.session import Session
+
+RESOURCE_NOT_FOUND = -32002
+
+
+class ResourceNotFound(PorticoError):
+    code = RESOURCE_NOT_FOUND
+
+
+class Forwarder:
+    """Routes the methods that address one backend's tool, prompt or resource."""
+
+    routed_methods = frozenset(
+        {
+            "tools/call",
+            "prompts/get",
+            "resources/read",
+            "resources/subscribe",
+            "resources/unsubscribe",
+            "completion/complete",
+        }
+    )
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def resolve(self, catalog: Catalog, method: str, params: dict[str, Any]) -> Route | None:
+        if method == "tools/call":
+            return catalog.route_name("tool", params.get("name"))
+        if method == "prompts/get":
+            return catalog.route_name("prompt", params.get("name"))
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+            return catalog.route_uri(params.get("uri"))
+        if method == "completion/complete":
+            ref = params.get("ref")
+            if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+                return catalog.route_name("prompt", ref.get("name"))
+            if isinstance(ref, dict) and ref.get("type") == "ref/resource":
+                return catalog.route_uri(ref.get("uri"), kind="template")
+        return None
+
+    async def forward(
+        self, ctx: Context, session: Session, message: Message, params: dict[str, Any]
+    ) -> Message:
+        route = ctx.route
+        if route is None:
+            raise _unknown_target(ctx.method, params)
+        backend = self.gateway.backends[route.backend]
+        own_params = _with_own_name(ctx.method, params, route)
+        timeout = ctx.remaining()
+        if ctx.method == "resources/subscribe":
+            reply = await backend.subscribe(session, route.name, timeout)
+        elif ctx.method == "resources/unsubscribe":
+            reply = await backend.unsubscribe(session, route.name, timeout)
+        else:
+            reply = await backend.call(session, ctx.method, own_params, timeout)
+        if "result" in reply and isinstance(reply["result"], dict):
+            return jsonrpc.result(message["id"], self._expose_result(ctx.method, route, reply["result"]))
+        return {**reply, "id": message["id"], "jsonrpc": "2.0"}
+
+    def _expose_result(self, method: str, route: Route, result: dict[str, Any]) -> dict[str, Any]:
+        # URIs a backend puts in results must work through the gateway, so they get the exposed form.
+        catalog = self.gateway.catalog
+        if method == "resources/read" and isinstance(result.get("contents"), list):
+            return {
+                **result,
+                "contents": [_expose_uri_of(catalog, route.backend, c) for c in result["contents"]],
+            }
+        if method == "tools/call" and isinstance(result.get("content"), list):
+            return {
+                **result,
+                "content": [_expose_content(catalog, route.backend, c) for c in result["content"]],
+            }
+        return result
+
+    def expose_notification_uri(self, backend: str, message: Message) -> Message:
+        params = jsonrpc.params_of(message)
+        if isinstance(params.get("uri"), str):
+            params = {**params, "uri": self.gateway.catalog.expose_uri(backend, params["uri"])}
+        return {**message, "params": params}
+
+
+def _with_own_name(method: str, params: dict[str, Any], route: Route) -> dict[str, Any]:
+    # A copy: the client's message stays as it was for plugins that look at it on the way back.
+    own = dict(params)
+    if method in ("tools/call", "prompts/get"):
+        own["name"] = route.name
+    elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+        own["uri"] = route.name
+    elif method == "completion/complete":
+        ref = dict(params["ref"])
+        ref["name" if ref.get("type") == "ref/prompt" else "uri"] = route.name
+        own["ref"] = ref
+    return own
+
+
+def _expose_content(catalog: Catalog, backend: str, item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    if item.get("type") == "resource_link":
+        return _expose_uri_of(catalog, backend, item)
+    if item.get("type") == "resource" and isinstance(item.get("resource"), dict):
+        return {**item, "resource": _expose_uri_of(catalog, backend, item["resource"])}
+    return item
+
+
+def _expose_uri_of(catalog: Catalog, backend: str, item: Any) -> Any:
+    if isinstance(item, dict) and isinstance(item.get("uri"), str):
+        return {**item, "uri": catalog.expose_uri(backend, item["uri"])}
+    return item
+
+
+def _unknown_target(method: str, params: dict[str, Any]) -> PorticoError:
+    if method == "tools/call":
+        return InvalidParams(f"Unknown tool: {params.get('name')!r}")
+    if method == "prompts/get":
+        return InvalidParams(f"Unknown prompt: {params.get('name')!r}")
+    if method == "completion/complete":
+        return InvalidParams("Invalid params: the completion reference names no known prompt or resource")
+    return ResourceNotFound("Resource not found", data={"uri": params.get("uri")})

@@ -1,0 +1,307 @@
+"""The gateway core: backends, the aggregate catalog, client sessions and the two chain terminals.
+
+Every client message reaches ``_to_backend`` only after the whole plugin chain; every backend message
+reaches a client through ``_to_client`` likewise. Transports know nothing of backends, and backends know
+nothing of transports: both talk to this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from proxy import __version__, jsonrpc
+from proxy.backend import Backend
+from proxy.chain import Chain, Context, Direction, NamedPlugin, Route
+from proxy.config import GatewayConfig
+from proxy.connectors import make_connector
+from proxy.errors import (
+    BackendUnavailable,
+    ConfigError,
+    ErrorCode,
+    InvalidParams,
+    MethodNotFound,
+)
+from proxy.forwarding import Forwarder
+from proxy.jsonrpc import Message
+from proxy.naming import NameCollision, NamingRules
+from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
+
+if TYPE_CHECKING:
+    from proxy.session import Session
+
+log = logging.getLogger("portico")
+
+GATEWAY_INFO = {"name": "portico", "title": "Portico MCP gateway", "version": __version__}
+_DEFAULT_DEADLINE_SECONDS = 60.0
+_LIST_CHANGED_FOR = {
+    "tools": "notifications/tools/list_changed",
+    "prompts": "notifications/prompts/list_changed",
+    "resources": "notifications/resources/list_changed",
+    "resourceTemplates": "notifications/resources/list_changed",
+}
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class Gateway:
+    """One running gateway: what every transport and backend talks to."""
+
+    def __init__(self, config: GatewayConfig, plugins: list[NamedPlugin]) -> None:
+        self.config = config
+        self.info = GATEWAY_INFO
+        self.rules = NamingRules(
+            config.namespacing.separator, config.namespacing.mode, config.namespacing.max_tool_name_length
+        )
+        self.backends: dict[str, Backend] = {}
+        self.sessions: dict[str, Session] = {}
+        self.pager = Pager(config.namespacing.page_size)
+        self.catalog: Catalog = build_catalog(0, self.rules, {})
+        self.plugins = plugins
+        self.to_backend = Chain(plugins, self._to_backend)
+        self.to_client = Chain(plugins, self._to_client)
+        self.forwarder = Forwarder(self)
+        self._http: aiohttp.ClientSession | None = None
+        self._version = 0
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every backend at once; one that fails is logged and left out, the rest serve."""
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        base_dir = Path(self.config.source).parent if self.config.source != "<memory>" else Path.cwd()
+        for name, cfg in self.config.enabled_backends().items():
+            factory = functools.partial(
+                make_connector,
+                name,
+                cfg,
+                http=self._http,
+                base_dir=base_dir,
+                max_message_bytes=self.config.listen.max_message_bytes,
+            )
+            self.backends[name] = Backend(name, cfg, factory, self, GATEWAY_INFO)
+        await asyncio.gather(*(self._start_backend(b) for b in self.backends.values()))
+        try:
+            self._rebuild_catalog()
+        except NameCollision as exc:
+            await self.stop()
+            raise ConfigError(f"{self.config.source}: namespacing: {exc}") from None
+
+    async def _start_backend(self, backend: Backend) -> None:
+        started = time.monotonic()
+        try:
+            await backend.start()
+        except BackendUnavailable as exc:
+            log.error("backend %s failed to start: %s", backend.name, exc.message)
+            return
+        log.info(
+            "backend %s ready in %.0f ms: %d tools, %d prompts, %d resources, %d templates",
+            backend.name,
+            1000 * (time.monotonic() - started),
+            len(backend.lists.tools),
+            len(backend.lists.prompts),
+            len(backend.lists.resources),
+            len(backend.lists.resourceTemplates),
+        )
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.close()
+        await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    # -- sessions ---------------------------------------------------------------------------------------
+
+    def register(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    async def session_ended(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        await asyncio.gather(
+            *(b.forget_session(session.id) for b in self.backends.values()), return_exceptions=True
+        )
+
+    def context(
+        self, session: Session, message: Message, direction: Direction, route: Route | None
+    ) -> Context:
+        backend = self.backends.get(route.backend) if route else None
+        seconds = backend.config.timeout_seconds if backend else _DEFAULT_DEADLINE_SECONDS
+        return Context(session, direction, message.get("method", ""), route, time.monotonic() + seconds)
+
+    def resolve(self, method: str, params: dict[str, Any]) -> Route | None:
+        return self.forwarder.resolve(self.catalog, method, params)
+
+    def capabilities(self) -> dict[str, Any]:
+        """The union of what the live backends offer; lists can change, so listChanged is always on."""
+        caps: dict[str, Any] = {}
+        for backend in self.live_backends():
+            offered = backend.capabilities
+            for kind in ("tools", "prompts"):
+                if kind in offered:
+                    caps[kind] = {"listChanged": True}
+            if "resources" in offered:
+                resources = caps.setdefault("resources", {"listChanged": True})
+                if isinstance(offered["resources"], dict) and offered["resources"].get("subscribe"):
+                    resources["subscribe"] = True
+            for kind in ("logging", "completions"):
+                if kind in offered:
+                    caps[kind] = {}
+        return caps
+
+    def instructions(self) -> str | None:
+        parts = [f"## {b.name}\n{b.instructions}" for b in self.live_backends() if b.instructions]
+        return "\n\n".join(parts) or None
+
+    def live_backends(self) -> list[Backend]:
+        return [b for b in self.backends.values() if b.ready]
+
+    # -- the chain's terminal, client to backend ----------------------------------------------------------
+
+    async def _to_backend(self, ctx: Context, message: Message) -> Message | None:
+        session: Session = ctx.session  # type: ignore[assignment]
+        method = ctx.method
+        params = jsonrpc.params_of(message)
+        if "id" not in message:
+            await self._client_notification(session, method, params)
+            return None
+        request_id = message["id"]
+        if method in LIST_METHODS:
+            return jsonrpc.result(request_id, self.pager.page(self.catalog, method, params))
+        if method == "ping":
+            return jsonrpc.result(request_id, {})
+        if method == "initialize":
+            return jsonrpc.result(request_id, session.initialize(params))
+        if method == "logging/setLevel":
+            return jsonrpc.result(request_id, await self._set_log_level(session, params))
+        if method in self.forwarder.routed_methods:
+            return await self.forwarder.forward(ctx, session, message, params)
+        raise MethodNotFound(f"Method not found: {method}")
+
+    async def _client_notification(self, session: Session, method: str, params: dict[str, Any]) -> None:
+        if method == "notifications/initialized":
+            session.initialized = True
+        elif method == "notifications/cancelled":
+            session.cancel(params.get("requestId"))
+        elif method == "notifications/roots/list_changed":
+            for backend in self.backends.values():
+                if not backend.shared:
+                    await backend.notify(session, method, params)
+        # Other notifications (progress on a relayed request, unknown ones) have nowhere to go.
+
+    async def _set_log_level(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        level = params.get("level")
+        if level not in LOG_LEVELS:
+            raise InvalidParams(f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        session.log_level = level
+        # A shared backend logs for everyone, so it gets the most verbose level any session asked for;
+        # each session then receives only what it asked for.
+        levels = [s.log_level for s in self.sessions.values() if s.log_level]
+        shared_level = min(levels, key=LOG_LEVELS.index) if levels else level
+        calls = [
+            b.call(session, "logging/setLevel", {"level": level if not b.shared else shared_level}, 10.0)
+            for b in self.live_backends()
+            if "logging" in b.capabilities
+        ]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.info("logging/setLevel was not accepted by a backend: %s", outcome)
+        return {}
+
+    # -- the chain's terminal, backend to client ----------------------------------------------------------
+
+    async def _to_client(self, ctx: Context, message: Message) -> Message | None:
+        session: Session = ctx.session  # type: ignore[assignment]
+        if "id" in message:
+            return await session.ask_client(message, ctx.remaining())
+        await session.send_message(message)
+        return None
+
+    # -- BackendEvents ------------------------------------------------------------------------------------
+
+    async def relay_request(self, backend: Backend, session_id: str, message: Message) -> Message:
+        session = self.sessions.get(session_id)
+        method = message["method"]
+        needed = {
+            "sampling/createMessage": "sampling",
+            "elicitation/create": "elicitation",
+            "roots/list": "roots",
+        }
+        if session is None:
+            return _undeliverable(message, "the client session that made the call has ended")
+        if method in needed and needed[method] not in session.client_capabilities:
+            return _undeliverable(message, f"the client did not declare the {needed[method]} capability")
+        route = Route(backend.name, "backend", method, method)
+        ctx = self.context(session, message, Direction.TO_CLIENT, route)
+        reply = await self.to_client.dispatch(ctx, message)
+        return reply if reply is not None else _undeliverable(message, "no reply")
+
+    def deliver_notification(self, backend: Backend, session_ids: list[str] | None, message: Message) -> None:
+        if message["method"] == "notifications/message":
+            message = _tag_log(backend.name, message)
+        targets = (
+            self.sessions.values()
+            if session_ids is None
+            else [s for s in map(self.sessions.get, session_ids) if s is not None]
+        )
+        if message["method"] == "notifications/resources/updated":
+            message = self.forwarder.expose_notification_uri(backend.name, message)
+        route = Route(backend.name, "backend", message["method"], message["method"])
+        for session in targets:
+            if session.wants(message):
+                session.post(self.context(session, message, Direction.TO_CLIENT, route), message)
+
+    def backend_changed(self, backend: Backend) -> None:
+        self._rebuild_and_announce()
+
+    def backend_down(self, backend: Backend, reason: str) -> None:
+        log.error(
+            "backend %s is down: %s; its tools are withdrawn, the others keep serving", backend.name, reason
+        )
+        self._rebuild_and_announce()
+
+    def _rebuild_and_announce(self) -> None:
+        before = self.catalog
+        try:
+            self._rebuild_catalog()
+        except NameCollision as exc:
+            log.error("the catalog was not updated: %s", exc)
+            return
+        changed = {
+            _LIST_CHANGED_FOR[key]
+            for key in _LIST_CHANGED_FOR
+            if before.items.get(key) != self.catalog.items[key]
+        }
+        for method in sorted(changed):
+            notice = jsonrpc.notification(method)
+            route = Route("", "gateway", method, method)
+            for session in list(self.sessions.values()):
+                if session.initialized:
+                    session.post(self.context(session, notice, Direction.TO_CLIENT, route), notice)
+
+    def _rebuild_catalog(self) -> None:
+        self._version += 1
+        lists = {b.name: b.lists for b in self.live_backends()}
+        self.catalog = build_catalog(self._version, self.rules, lists)
+        self.pager.remember(self.catalog)
+
+
+def _undeliverable(message: Message, why: str) -> Message:
+    return jsonrpc.error(
+        message["id"],
+        {"code": ErrorCode.CLIENT_REQUEST_UNDELIVERABLE, "message": f"{message['method']}: {why}"},
+    )
+
+
+def _tag_log(backend: str, message: Message) -> Message:
+    params = jsonrpc.params_of(message)
+    logger = params.get("logger")
+    tagged = {**params, "logger": f"{backend}/{logger}" if isinstance(logger, str) and logger else backend}
+    meta = params.get("_meta")
+    tagged["_meta"] = {**(meta if isinstance(meta, dict) else {}), "dev.portico/backend": backend}
+    return {**message, "params": tagged}

@@ -1,0 +1,89 @@
+"""Finds the plugins named in the config and builds them with validated, frozen options.
+
+A config entry ``name`` is looked up, in order, as:
+1. an entry point of the group ``portico.plugins`` (installed distributions register plugins there);
+2. a module of the bundled ``plugins`` package (``request_log`` -> ``plugins.request_log``);
+3. any importable ``module`` or ``module:attribute``.
+
+A plugin module exposes its class as ``plugin``. The class may declare ``Options``, a frozen dataclass or
+pydantic model; the entry's ``options`` are validated against it and passed to the constructor.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from proxy.chain import NamedPlugin, Plugin
+from proxy.config import GatewayConfig, PluginEntry
+from proxy.errors import ConfigError
+
+ENTRY_POINT_GROUP = "portico.plugins"
+
+
+def build_plugins(config: GatewayConfig) -> list[NamedPlugin]:
+    return [_build(entry, config.source, index) for index, entry in enumerate(config.plugins)]
+
+
+def _build(entry: PluginEntry, source: str, index: int) -> NamedPlugin:
+    where = f"{source}: plugins[{index}]"
+    factory = _resolve(entry.name, where)
+    options_type = getattr(factory, "Options", None)
+    try:
+        if options_type is None:
+            if entry.options:
+                raise ConfigError(f"{where}.options: plugin {entry.name!r} takes no options")
+            instance = factory()
+        else:
+            options = TypeAdapter(options_type).validate_python(entry.options)
+            instance = factory(options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        message = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{where}.options{'.' + path if path else ''}: {message}") from None
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{where}: plugin {entry.name!r} failed to start: {exc}") from None
+    if not callable(instance) or not inspect.iscoroutinefunction(type(instance).__call__):
+        raise ConfigError(f"{where}: {entry.name!r} is not a plugin (it needs an async __call__)")
+    plugin: Plugin = instance
+    return NamedPlugin(name=entry.name, plugin=plugin)
+
+
+def _resolve(name: str, where: str) -> Any:
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name == name:
+            try:
+                return point.load()
+            except Exception as exc:
+                raise ConfigError(f"{where}: plugin {name!r} (entry point) failed to load: {exc}") from None
+    module_name, _, attribute = name.partition(":")
+    candidates = [module_name] if "." in module_name else [f"plugins.{module_name}", module_name]
+    for candidate in candidates:
+        module = _import(candidate, where)
+        if module is not None:
+            found = getattr(module, attribute or "plugin", None)
+            if found is None:
+                raise ConfigError(f"{where}: module {candidate!r} has no {attribute or 'plugin'!r} attribute")
+            return found
+    raise ConfigError(f"{where}: no plugin named {name!r} (not an entry point, bundled plugin or module)")
+
+
+def _import(module_name: str, where: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only "this module does not exist" means try the next candidate; a missing dependency inside an
+        # existing plugin module is that plugin's error.
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            return None
+        raise ConfigError(f"{where}: plugin module {module_name!r} failed to import: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"{where}: plugin module {module_name!r} failed to import: {exc}") from None

@@ -1,0 +1,214 @@
+"""One client session: frames in, frames out, and the bookkeeping that keeps many clients apart.
+
+The session parses each frame once, answers malformed ones itself (they never reach the chain), runs
+every request as its own task so slow calls never block fast ones, and relays backend traffic to its
+client in order. Closing it cancels the client's calls upstream and ends its per-client backend links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from proxy import eras, jsonrpc
+from proxy.chain import Context, Direction
+from proxy.errors import InvalidRequest, PorticoError
+from proxy.jsonrpc import Kind, Message, RequestId
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+
+log = logging.getLogger("portico.session")
+
+Sender = Callable[[bytes], Awaitable[None]]
+_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+# Before the handshake only these may be used (the specification allows ping at any time).
+_BEFORE_INITIALIZE = frozenset({"initialize", "ping"})
+
+
+class ClientGone(PorticoError):
+    """The client's connection closed while the gateway was waiting for it."""
+
+
+class Session:
+    """A client session on any transport; see the module docstring."""
+
+    def __init__(self, gateway: Gateway, transport: str, send: Sender, remote: str = "") -> None:
+        self.id = secrets.token_urlsafe(18)
+        self.gateway = gateway
+        self.transport = transport
+        self.remote = remote
+        self.protocol_version: str | None = None
+        self.client_info: dict[str, Any] = {}
+        self.client_capabilities: dict[str, Any] = {}
+        self.initialized = False
+        self.log_level: str | None = None
+        self.closed = False
+        self._send_frame = send
+        self._inflight: dict[RequestId, asyncio.Task[None]] = {}
+        self._asked: dict[int, asyncio.Future[Message]] = {}
+        self._ask_ids = itertools.count(1)
+        self._outbox: asyncio.Queue[tuple[Context, Message]] = asyncio.Queue()
+        self._courier: asyncio.Task[None] | None = None
+        gateway.register(self)
+
+    # -- from the client ---------------------------------------------------------------------------------
+
+    async def receive(self, frame: str | bytes) -> None:
+        """Handle one frame from the client. Never raises for bad input: the client gets an error."""
+        message: Any = None
+        try:
+            message = jsonrpc.loads(frame)
+            kind = jsonrpc.classify(message)
+            if kind is Kind.REQUEST:
+                self._check_admissible(message)
+        except PorticoError as exc:
+            await self._reply(jsonrpc.error_from(jsonrpc.salvage_id(message), exc))
+            return
+        if kind is Kind.RESPONSE:
+            self._answered(message)
+        elif kind is Kind.NOTIFICATION:
+            await self._dispatch_notification(message)
+        else:
+            self._start_request(message)
+
+    def _check_admissible(self, message: Message) -> None:
+        if message["id"] in self._inflight:
+            raise InvalidRequest(
+                f"Invalid Request: id {message['id']!r} is already used by a request in flight"
+            )
+        if not self.protocol_version and message["method"] not in _BEFORE_INITIALIZE:
+            raise InvalidRequest("Invalid Request: the session is not initialized; send initialize first")
+
+    def _start_request(self, message: Message) -> None:
+        request_id = message["id"]
+        task = asyncio.get_running_loop().create_task(self._serve(message))
+        self._inflight[request_id] = task
+        task.add_done_callback(lambda _: self._forget(request_id, task))
+
+    def _forget(self, request_id: RequestId, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(request_id) is task:
+            del self._inflight[request_id]
+
+    async def _serve(self, message: Message) -> None:
+        params = jsonrpc.params_of(message)
+        route = self.gateway.resolve(message["method"], params)
+        ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
+        reply = await self.gateway.to_backend.dispatch(ctx, message)
+        if reply is not None:
+            await self._reply(reply)
+
+    async def _dispatch_notification(self, message: Message) -> None:
+        ctx = self.gateway.context(self, message, Direction.TO_BACKEND, None)
+        await self.gateway.to_backend.dispatch(ctx, message)
+
+    def initialize(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Answer the legacy handshake with the aggregate's capabilities."""
+        if self.protocol_version is not None:
+            raise InvalidRequest("Invalid Request: the session is already initialized")
+        version, capabilities, client_info = eras.negotiate(params)
+        self.protocol_version, self.client_capabilities, self.client_info = version, capabilities, client_info
+        result: dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": self.gateway.capabilities(),
+            "serverInfo": dict(self.gateway.info),
+        }
+        instructions = self.gateway.instructions()
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+    def cancel(self, request_id: object) -> None:
+        """The client cancelled one of its requests: stop it here and upstream; no reply follows."""
+        task = self._inflight.get(request_id) if jsonrpc.is_valid_id(request_id) else None
+        if task is not None:
+            task.cancel()
+
+    # -- to the client -----------------------------------------------------------------------------------
+
+    async def ask_client(self, message: Message, timeout: float) -> Message:
+        """Send a backend's request to the client under a gateway id; return the client's response."""
+        ask_id = next(self._ask_ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._asked[ask_id] = future
+        try:
+            await self._reply({**message, "id": ask_id})
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            await self._notify_cancelled(ask_id, "timed out")
+            return jsonrpc.error(ask_id, {"code": -32001, "message": "The client did not answer in time"})
+        except asyncio.CancelledError:
+            await self._notify_cancelled(ask_id, "the backend cancelled the request")
+            raise
+        finally:
+            self._asked.pop(ask_id, None)
+
+    async def _notify_cancelled(self, ask_id: int, reason: str) -> None:
+        if not self.closed:
+            await self._reply(
+                jsonrpc.notification("notifications/cancelled", {"requestId": ask_id, "reason": reason})
+            )
+
+    def _answered(self, message: Message) -> None:
+        future = self._asked.get(message.get("id"))  # type: ignore[arg-type]
+        if future is None or future.done():
+            log.debug("session %s: response to an unknown request id %r ignored", self.id, message.get("id"))
+            return
+        future.set_result(message)
+
+    async def send_message(self, message: Message) -> None:
+        await self._reply(message)
+
+    def wants(self, message: Message) -> bool:
+        """Whether this client asked to see a log message of that level (everything, if it never said)."""
+        if message["method"] != "notifications/message" or self.log_level is None:
+            return True
+        level = jsonrpc.params_of(message).get("level")
+        return level not in _LOG_LEVELS or _LOG_LEVELS.index(level) >= _LOG_LEVELS.index(self.log_level)
+
+    def post(self, ctx: Context, message: Message) -> None:
+        """Queue a backend notification; one courier task delivers them in the order they came."""
+        if self.closed:
+            return
+        self._outbox.put_nowait((ctx, message))
+        if self._courier is None or self._courier.done():
+            self._courier = asyncio.get_running_loop().create_task(self._deliver_posted())
+
+    async def _deliver_posted(self) -> None:
+        while not self._outbox.empty():
+            ctx, message = self._outbox.get_nowait()
+            await self.gateway.to_client.dispatch(ctx, message)
+
+    async def _reply(self, message: Message) -> None:
+        if self.closed:
+            return
+        try:
+            await self._send_frame(jsonrpc.dumps(message))
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("session %s: could not send to the client: %s", self.id, exc)
+
+    # -- the end -----------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """The client left: cancel its calls (upstream too) and release its backend links."""
+        if self.closed:
+            return
+        self.closed = True
+        tasks = list(self._inflight.values())
+        if self._courier is not None:
+            tasks.append(self._courier)
+        for task in tasks:
+            task.cancel()
+        for future in self._asked.values():
+            if not future.done():
+                future.set_exception(ClientGone("the client disconnected"))
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.gateway.session_ended(self)

@@ -1,0 +1,75 @@
+"""MCP over WebSocket at ``/mcp``: subprotocol ``mcp``, one JSON-RPC message per text frame.
+
+The session lives exactly as long as the socket. Origins are checked before the upgrade so a web page
+on another site cannot reach a gateway on localhost (DNS rebinding); frames over the size limit close the
+socket with 1009 and are never forwarded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from proxy import jsonrpc
+from proxy.errors import InvalidRequest
+from proxy.gateway import Gateway
+from proxy.session import Session
+
+log = logging.getLogger("portico.websocket")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), a localhost page, or an origin the operator listed."""
+    if origin is None:
+        return True
+    if origin in allowed or "*" in allowed:
+        return True
+    try:
+        url = URL(origin)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and url.host in _LOCAL_HOSTS
+
+
+async def handle_websocket(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    listen = gateway.config.listen
+    if not origin_allowed(request.headers.get("Origin"), listen.allowed_origins):
+        log.warning("refused a WebSocket from origin %r", request.headers.get("Origin"))
+        return web.json_response({"error": "origin not allowed"}, status=403)
+    ws = web.WebSocketResponse(
+        protocols=("mcp",),
+        heartbeat=listen.heartbeat_seconds,
+        max_msg_size=listen.max_message_bytes,
+        # Deflate costs CPU on every frame and opens the door to compression bombs.
+        compress=False,
+    )
+    if not ws.can_prepare(request).ok:
+        return web.json_response(
+            {"error": "this endpoint speaks MCP over WebSocket: send a GET with Upgrade: websocket"},
+            status=426,
+        )
+    await ws.prepare(request)
+
+    async def send(data: bytes) -> None:
+        await ws.send_frame(data, WSMsgType.TEXT)
+
+    session = Session(gateway, "websocket", send, remote=request.remote or "")
+    try:
+        async for frame in ws:
+            if frame.type is WSMsgType.TEXT:
+                await session.receive(frame.data)
+            elif frame.type is WSMsgType.BINARY:
+                error = InvalidRequest("Invalid Request: send each message as a text frame")
+                await send(jsonrpc.dumps(jsonrpc.error_from(None, error)))
+            elif frame.type is WSMsgType.ERROR:
+                log.info("session %s: WebSocket error: %s", session.id, ws.exception())
+                break
+    finally:
+        await session.close()
+    return ws

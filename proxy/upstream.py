@@ -1,0 +1,146 @@
+"""One MCP client session to a backend, over any connector: handshake, ids and pending calls.
+
+The link owns the upstream id space: every request it sends gets the next integer, so ids from
+different clients can never collide on the backend. Requests the backend sends (sampling, elicitation,
+roots) and its notifications go to the link's ``UpstreamHandler``, which decides whose they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from typing import Any, Protocol
+
+from proxy import jsonrpc
+from proxy.connectors.base import Connector
+from proxy.errors import BackendTimeout, BackendUnavailable, InvalidRequest
+from proxy.jsonrpc import Kind, Message, RequestId
+
+log = logging.getLogger("portico.upstream")
+
+LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+
+
+class UpstreamHandler(Protocol):
+    """Receives what a backend sends on its own initiative."""
+
+    def on_server_request(self, link: UpstreamLink, message: Message) -> None: ...
+
+    def on_server_notification(self, link: UpstreamLink, message: Message) -> None: ...
+
+    def on_link_closed(self, link: UpstreamLink, reason: str) -> None: ...
+
+
+class UpstreamLink:
+    """An initialized MCP session with one backend."""
+
+    def __init__(
+        self, backend: str, connector: Connector, handler: UpstreamHandler, owner: str | None
+    ) -> None:
+        self.backend = backend
+        self.connector = connector
+        self.handler = handler
+        # The client session this link serves alone, or None for a link shared by every client.
+        self.owner = owner
+        self.initialize_result: dict[str, Any] = {}
+        self.closed = False
+        self.close_reason = ""
+        self._ids = itertools.count(1)
+        self._pending: dict[RequestId, asyncio.Future[Message]] = {}
+        # Fire-and-forget sends stay referenced until done, so the event loop cannot drop them.
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    async def start(self, capabilities: dict[str, Any], client_info: dict[str, Any], timeout: float) -> None:
+        """Connect and do the legacy handshake; raises BackendUnavailable if either fails."""
+        await self.connector.open(self._on_message, self._on_closed)
+        params = {
+            "protocolVersion": LEGACY_VERSIONS[0],
+            "capabilities": capabilities,
+            "clientInfo": client_info,
+        }
+        reply = await self.request("initialize", params, timeout=timeout)
+        if "error" in reply:
+            raise BackendUnavailable(f"initialize failed: {reply['error'].get('message')}")
+        result = reply.get("result")
+        if not isinstance(result, dict) or result.get("protocolVersion") not in LEGACY_VERSIONS:
+            version = result.get("protocolVersion") if isinstance(result, dict) else None
+            raise BackendUnavailable(f"initialize answered an unsupported protocol version {version!r}")
+        self.initialize_result = result
+        await self.notify("notifications/initialized")
+
+    async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> Message:
+        """Send a request and wait for the backend's response message (``result`` or ``error``).
+
+        On timeout or cancellation the backend is told with ``notifications/cancelled``, as the
+        specification asks, so it can stop working on something nobody waits for.
+        """
+        if self.closed:
+            raise BackendUnavailable(f"backend {self.backend!r} is unavailable: {self.close_reason}")
+        request_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self.connector.send(jsonrpc.dumps(jsonrpc.request(request_id, method, params)))
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            self._cancel_upstream(request_id, "request timed out")
+            raise BackendTimeout(f"backend {self.backend!r} did not answer {method} in time") from None
+        except asyncio.CancelledError:
+            self._cancel_upstream(request_id, "the client cancelled the request")
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        await self.connector.send(jsonrpc.dumps(jsonrpc.notification(method, params)))
+
+    async def respond(self, message: Message) -> None:
+        """Answer a request the backend sent (the id is the backend's own)."""
+        with contextlib.suppress(BackendUnavailable):
+            await self.connector.send(jsonrpc.dumps(message))
+
+    async def close(self) -> None:
+        await self.connector.close()
+
+    def _cancel_upstream(self, request_id: RequestId, reason: str) -> None:
+        if self.closed or request_id not in self._pending:
+            return
+        message = jsonrpc.notification("notifications/cancelled", {"requestId": request_id, "reason": reason})
+        task = asyncio.get_running_loop().create_task(self._send_quietly(message))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_quietly(self, message: Message) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await self.connector.send(jsonrpc.dumps(message))
+
+    def _on_message(self, message: Message) -> None:
+        try:
+            kind = jsonrpc.classify(message)
+        except InvalidRequest as exc:
+            log.warning("backend %s sent an invalid message (%s): %.200r", self.backend, exc.message, message)
+            return
+        if kind is Kind.RESPONSE:
+            future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif kind is Kind.REQUEST:
+            self.handler.on_server_request(self, message)
+        else:
+            self.handler.on_server_notification(self, message)
+
+    def _on_closed(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        failure = BackendUnavailable(f"backend {self.backend!r} is unavailable: {reason}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        self.handler.on_link_closed(self, reason)

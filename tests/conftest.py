@@ -1,0 +1,81 @@
+"""Shared fixtures: a real gateway (aiohttp server in the test's loop) with real subprocess backends."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+
+from proxy import config
+from proxy.app import build_app
+from proxy.gateway import Gateway
+from proxy.plugin_loader import build_plugins
+from tests.rawclient import RawClient
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def everything(tag: str = "", **extra: Any) -> dict[str, Any]:
+    """A backend entry running tests/fixtures/everything_server.py over stdio."""
+    return {
+        "command": sys.executable,
+        "args": [str(FIXTURES / "everything_server.py")],
+        "env": {"FIXTURE_TAG": tag},
+        **extra,
+    }
+
+
+def fixture_server(script: str, **extra: Any) -> dict[str, Any]:
+    return {"command": sys.executable, "args": [str(FIXTURES / script)], **extra}
+
+
+class RunningGateway:
+    def __init__(self, server: TestServer, gateway: Gateway, http: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.gateway = gateway
+        self.http = http
+        self.url = str(server.make_url("/mcp")).replace("http://", "ws://")
+        self.clients: list[RawClient] = []
+
+    async def client(self, initialize: bool = True, capabilities: dict[str, Any] | None = None,
+                     **kwargs: Any) -> RawClient:
+        client = await RawClient.connect(self.http, self.url, **kwargs)
+        self.clients.append(client)
+        if initialize:
+            await client.initialize(capabilities)
+        return client
+
+
+StartGateway = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
+    """Start a gateway from a config dict (written to a real file, as an operator would)."""
+    running: list[tuple[TestServer, aiohttp.ClientSession, RunningGateway]] = []
+
+    async def start(settings: dict[str, Any]) -> RunningGateway:
+        path = tmp_path / f"portico-{len(running)}.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        cfg = config.load(path)
+        gateway = Gateway(cfg, build_plugins(cfg))
+        server = TestServer(build_app(gateway), host="127.0.0.1", port=0)
+        await server.start_server()
+        http = aiohttp.ClientSession()
+        handle = RunningGateway(server, gateway, http)
+        running.append((server, http, handle))
+        return handle
+
+    yield start
+    for server, http, handle in reversed(running):
+        for client in handle.clients:
+            if not client.ws.closed:
+                await client.close()
+        await http.close()
+        await server.close()
