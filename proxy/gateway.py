@@ -68,6 +68,7 @@ class Gateway:
         self.forwarder = Forwarder(self)
         self._http: aiohttp.ClientSession | None = None
         self._version = 0
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -111,7 +112,8 @@ class Gateway:
 
     async def stop(self) -> None:
         for session in list(self.sessions.values()):
-            await session.close()
+            self.end_session(session)
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
@@ -120,6 +122,13 @@ class Gateway:
 
     def register(self, session: Session) -> None:
         self.sessions[session.id] = session
+
+    def end_session(self, session: Session) -> asyncio.Task[None]:
+        """Close a session in a task of its own, so that cancelling the caller cannot cut it short."""
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
 
     async def session_ended(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

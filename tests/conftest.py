@@ -43,8 +43,9 @@ class RunningGateway:
         self.url = str(server.make_url("/mcp")).replace("http://", "ws://")
         self.clients: list[RawClient] = []
 
-    async def client(self, initialize: bool = True, capabilities: dict[str, Any] | None = None,
-                     **kwargs: Any) -> RawClient:
+    async def client(
+        self, initialize: bool = True, capabilities: dict[str, Any] | None = None, **kwargs: Any
+    ) -> RawClient:
         client = await RawClient.connect(self.http, self.url, **kwargs)
         self.clients.append(client)
         if initialize:

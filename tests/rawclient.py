@@ -44,7 +44,9 @@ class RawClient:
         ws = await http.ws_connect(url, protocols=("mcp",), **kwargs)
         return cls(ws)
 
-    async def initialize(self, capabilities: dict[str, Any] | None = None, version: str = "2025-11-25") -> Message:
+    async def initialize(
+        self, capabilities: dict[str, Any] | None = None, version: str = "2025-11-25"
+    ) -> Message:
         result = await self.call(
             "initialize",
             {"protocolVersion": version, "capabilities": capabilities or {}, "clientInfo": CLIENT_INFO},
@@ -61,8 +63,9 @@ class RawClient:
     async def send(self, message: Message) -> None:
         await self.ws.send_str(orjson.dumps(message).decode())
 
-    async def request(self, method: str, params: dict[str, Any] | None = None, *, id: Any = None,
-                      timeout: float = 15.0) -> Message:
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, *, id: Any = None, timeout: float = 15.0
+    ) -> Message:
         """Send a request and return the whole response message."""
         request_id = next(self._ids) if id is None else id
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -85,6 +88,17 @@ class RawClient:
         result: dict[str, Any] = reply["result"]
         return result
 
+    async def list_all(self, method: str, key: str) -> list[dict[str, Any]]:
+        """Every item of a list method, following nextCursor."""
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        while True:
+            page = await self.call(method, params)
+            items += page[key]
+            if not page.get("nextCursor"):
+                return items
+            params = {"cursor": page["nextCursor"]}
+
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         message: Message = {"jsonrpc": "2.0", "method": method}
         if params is not None:
@@ -98,8 +112,9 @@ class RawClient:
                 await self._notified.wait_for(lambda: bool(self.unmatched))
                 return self.unmatched.pop(0)
 
-    async def wait_notification(self, method: str, timeout: float = 10.0,
-                                where: Callable[[Message], bool] = lambda _: True) -> Message:
+    async def wait_notification(
+        self, method: str, timeout: float = 10.0, where: Callable[[Message], bool] = lambda _: True
+    ) -> Message:
         async with asyncio.timeout(timeout):
             async with self._notified:
                 await self._notified.wait_for(
@@ -111,10 +126,12 @@ class RawClient:
         return [n for n in self.notifications if n["method"] == method]
 
     async def close(self) -> None:
-        await self.ws.close()
+        # Stop reading first: aiohttp's close() hands a concurrent reader the close and skips the
+        # closing handshake itself.
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        await self.ws.close()
 
     async def _read(self) -> None:
         async for frame in self.ws:
@@ -139,8 +156,11 @@ class RawClient:
     async def _answer(self, message: Message) -> None:
         handler = self.handlers.get(message["method"])
         if handler is None:
-            reply: Message = {"jsonrpc": "2.0", "id": message["id"],
-                              "error": {"code": -32601, "message": "no handler in the test client"}}
+            reply: Message = {
+                "jsonrpc": "2.0",
+                "id": message["id"],
+                "error": {"code": -32601, "message": "no handler in the test client"},
+            }
         else:
             reply = {"jsonrpc": "2.0", "id": message["id"], "result": await handler(message)}
         await self.send(reply)

@@ -7,6 +7,7 @@ socket with 1009 and are never forwarded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import WSMsgType, web
@@ -71,5 +72,6 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
                 log.info("session %s: WebSocket error: %s", session.id, ws.exception())
                 break
     finally:
-        await session.close()
+        # The handler itself may be cancelled when the peer vanishes; the clean-up must still run whole.
+        await asyncio.shield(gateway.end_session(session))
     return ws
