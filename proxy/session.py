@@ -12,8 +12,10 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from proxy import eras, jsonrpc
 from proxy.chain import Context, Direction
@@ -50,7 +52,7 @@ class Session:
         self.log_level: str | None = None
         self.closed = False
         self._send_frame = send
-        self._inflight: dict[RequestId, asyncio.Task[None]] = {}
+        self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
         self._asked: dict[int, asyncio.Future[Message]] = {}
         self._ask_ids = itertools.count(1)
         self._outbox: asyncio.Queue[tuple[Context, Message]] = asyncio.Queue()
@@ -61,21 +63,56 @@ class Session:
 
     async def receive(self, frame: str | bytes) -> None:
         """Handle one frame from the client. Never raises for bad input: the client gets an error."""
-        message: Any = None
         try:
             message = jsonrpc.loads(frame)
+        except PorticoError as exc:
+            await self._reply(jsonrpc.error_from(None, exc))
+            return
+        if isinstance(message, list):
+            await self._receive_batch(message)
+            return
+        outcome = await self._accept(message, self._serve)
+        if isinstance(outcome, dict):
+            await self._reply(outcome)
+
+    async def _accept(
+        self, message: Any, run: Callable[[Message], Coroutine[Any, Any, Any]]
+    ) -> Message | asyncio.Task[Any] | None:
+        """Take one message: an error reply if it is bad, the task running it if it is a request."""
+        try:
             kind = jsonrpc.classify(message)
             if kind is Kind.REQUEST:
                 self._check_admissible(message)
         except PorticoError as exc:
-            await self._reply(jsonrpc.error_from(jsonrpc.salvage_id(message), exc))
-            return
+            return jsonrpc.error_from(jsonrpc.salvage_id(message), exc)
         if kind is Kind.RESPONSE:
             self._answered(message)
         elif kind is Kind.NOTIFICATION:
             await self._dispatch_notification(message)
         else:
-            self._start_request(message)
+            return self._track(message["id"], run(message))
+        return None
+
+    async def _receive_batch(self, batch: list[Any]) -> None:
+        # Batches exist only in protocol version 2025-03-26: several messages in one frame, and the replies
+        # to its requests back in one array.
+        if not batch or self.protocol_version != "2025-03-26":
+            why = "an empty batch" if batch else "batches are only part of protocol version 2025-03-26"
+            await self._reply(jsonrpc.error_from(None, InvalidRequest(f"Invalid Request: {why}")))
+            return
+        replies: list[Message] = []
+        running: list[asyncio.Task[Any]] = []
+        for item in batch:
+            outcome = await self._accept(item, self._answer)
+            if isinstance(outcome, dict):
+                replies.append(outcome)
+            elif outcome is not None:
+                running.append(outcome)
+        for reply in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(reply, dict):
+                replies.append(reply)
+        if replies:
+            await self._send(orjson.dumps(replies))
 
     def _check_admissible(self, message: Message) -> None:
         if message["id"] in self._inflight:
@@ -85,23 +122,27 @@ class Session:
         if not self.protocol_version and message["method"] not in _BEFORE_INITIALIZE:
             raise InvalidRequest("Invalid Request: the session is not initialized; send initialize first")
 
-    def _start_request(self, message: Message) -> None:
-        request_id = message["id"]
-        task = asyncio.get_running_loop().create_task(self._serve(message))
+    def _track(self, request_id: RequestId, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        # Requests run as tasks of their own, so a slow call never holds up the next frame.
+        task = asyncio.get_running_loop().create_task(work)
         self._inflight[request_id] = task
         task.add_done_callback(lambda _: self._forget(request_id, task))
+        return task
 
-    def _forget(self, request_id: RequestId, task: asyncio.Task[None]) -> None:
+    def _forget(self, request_id: RequestId, task: asyncio.Task[Any]) -> None:
         if self._inflight.get(request_id) is task:
             del self._inflight[request_id]
 
     async def _serve(self, message: Message) -> None:
+        reply = await self._answer(message)
+        if reply is not None:
+            await self._reply(reply)
+
+    async def _answer(self, message: Message) -> Message | None:
         params = jsonrpc.params_of(message)
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
-        reply = await self.gateway.to_backend.dispatch(ctx, message)
-        if reply is not None:
-            await self._reply(reply)
+        return await self.gateway.to_backend.dispatch(ctx, message)
 
     async def _dispatch_notification(self, message: Message) -> None:
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, None)
@@ -186,10 +227,13 @@ class Session:
             await self.gateway.to_client.dispatch(ctx, message)
 
     async def _reply(self, message: Message) -> None:
+        await self._send(jsonrpc.dumps(message))
+
+    async def _send(self, frame: bytes) -> None:
         if self.closed:
             return
         try:
-            await self._send_frame(jsonrpc.dumps(message))
+            await self._send_frame(frame)
         except (ConnectionError, RuntimeError) as exc:
             log.debug("session %s: could not send to the client: %s", self.id, exc)
 

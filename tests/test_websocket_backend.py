@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,7 +35,9 @@ async def ws_backend_url() -> AsyncIterator[str]:
         assert line.startswith("LISTENING "), line
         yield line.split(" ", 1)[1]
     finally:
-        process.terminate()
+        # The `crash` tool ends the whole backend process, so it may be gone already.
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
         await asyncio.wait_for(process.wait(), 10)
 
 

@@ -37,7 +37,6 @@ class StdioConnector(Connector):
         self.max_message_bytes = max_message_bytes
         self.process: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._write_lock = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -117,9 +116,10 @@ class StdioConnector(Connector):
         if process is None or process.stdin is None or process.returncode is not None:
             raise BackendUnavailable(f"backend {self.backend!r} is not running")
         try:
-            async with self._write_lock:
-                process.stdin.write(data + b"\n")
-                await process.stdin.drain()
+            # One write() per message keeps lines whole even with many senders; drain() may be awaited
+            # concurrently.
+            process.stdin.write(data + b"\n")
+            await process.stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"backend {self.backend!r} stopped accepting input: {exc}") from None
 
