@@ -52,6 +52,8 @@ class _BackendBase(_Strict):
     session: Literal["shared", "per-client"] = "shared"
     timeout_seconds: float = Field(60.0, gt=0)
     startup_timeout_seconds: float = Field(30.0, gt=0)
+    # The largest message accepted from this backend; a bigger one is dropped whole, never truncated.
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     disabled: bool = False
 
 

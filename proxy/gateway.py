@@ -83,7 +83,6 @@ class Gateway:
                 cfg,
                 http=self._http,
                 base_dir=base_dir,
-                max_message_bytes=self.config.listen.max_message_bytes,
             )
             self.backends[name] = Backend(name, cfg, factory, self, GATEWAY_INFO)
         await asyncio.gather(*(self._start_backend(b) for b in self.backends.values()))

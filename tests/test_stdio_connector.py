@@ -35,10 +35,8 @@ class Inbox:
         self.closed.append(reason)
 
 
-async def open_connector(
-    cfg: StdioBackendConfig, tmp_path: Path, limit: int = 1 << 20
-) -> tuple[StdioConnector, Inbox]:
-    connector = StdioConnector("child", cfg, tmp_path, limit)
+async def open_connector(cfg: StdioBackendConfig, tmp_path: Path) -> tuple[StdioConnector, Inbox]:
+    connector = StdioConnector("child", cfg, tmp_path)
     inbox = Inbox()
     await connector.open(inbox.message, inbox.close)
     return connector, inbox
@@ -124,7 +122,7 @@ async def test_an_oversized_line_is_dropped_whole_and_the_next_one_arrives(tmp_p
         sys.stdin.read()
     """,
     )
-    connector, inbox = await open_connector(cfg, tmp_path, limit=65536)
+    connector, inbox = await open_connector(cfg.model_copy(update={"max_message_bytes": 65536}), tmp_path)
     try:
         assert await wait_until(lambda: bool(inbox.messages))
         await asyncio.sleep(0.2)
@@ -135,7 +133,7 @@ async def test_an_oversized_line_is_dropped_whole_and_the_next_one_arrives(tmp_p
 
 async def test_a_missing_command_is_backend_unavailable(tmp_path: Path) -> None:
     cfg = StdioBackendConfig(command="/nonexistent/command")
-    connector = StdioConnector("child", cfg, tmp_path, 1 << 20)
+    connector = StdioConnector("child", cfg, tmp_path)
     with pytest.raises(BackendUnavailable, match="cannot start"):
         await connector.open(lambda _: None, lambda _: None)
 

@@ -20,8 +20,7 @@ def make_connector(
     *,
     http: aiohttp.ClientSession,
     base_dir: Path,
-    max_message_bytes: int,
 ) -> Connector:
     if isinstance(config, StdioBackendConfig):
-        return StdioConnector(backend, config, base_dir, max_message_bytes)
-    return WebSocketConnector(backend, config, http, max_message_bytes)
+        return StdioConnector(backend, config, base_dir)
+    return WebSocketConnector(backend, config, http)

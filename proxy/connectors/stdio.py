@@ -28,13 +28,10 @@ _PR_SET_PDEATHSIG = 1
 class StdioConnector(Connector):
     transport = "stdio"
 
-    def __init__(
-        self, backend: str, config: StdioBackendConfig, base_dir: Path, max_message_bytes: int
-    ) -> None:
+    def __init__(self, backend: str, config: StdioBackendConfig, base_dir: Path) -> None:
         super().__init__(backend)
         self.config = config
         self.base_dir = base_dir
-        self.max_message_bytes = max_message_bytes
         self.process: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -54,7 +51,7 @@ class StdioConnector(Connector):
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 cwd=cwd,
-                limit=self.max_message_bytes,
+                limit=self.config.max_message_bytes,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
@@ -89,7 +86,7 @@ class StdioConnector(Connector):
     async def _skip_oversized_line(self, stdout: asyncio.StreamReader) -> None:
         # A message larger than the limit is dropped whole rather than forwarded truncated; the request
         # it answered then fails by its deadline.
-        self.log.error("dropped a message larger than %d bytes", self.max_message_bytes)
+        self.log.error("dropped a message larger than %d bytes", self.config.max_message_bytes)
         while True:
             try:
                 await stdout.readuntil(b"\n")

@@ -18,13 +18,10 @@ _HEARTBEAT_SECONDS = 20.0
 class WebSocketConnector(Connector):
     transport = "websocket"
 
-    def __init__(
-        self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession, max_message_bytes: int
-    ) -> None:
+    def __init__(self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(backend)
         self.config = config
         self.http = http
-        self.max_message_bytes = max_message_bytes
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -36,7 +33,7 @@ class WebSocketConnector(Connector):
                     protocols=("mcp",),
                     headers=self.config.headers,
                     heartbeat=_HEARTBEAT_SECONDS,
-                    max_msg_size=self.max_message_bytes,
+                    max_msg_size=self.config.max_message_bytes,
                     # Deflate costs CPU on every frame and opens the door to compression bombs.
                     compress=0,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
