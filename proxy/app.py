@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
+
 from aiohttp import web
 
 from proxy.gateway import Gateway
-from proxy.transports.websocket import GATEWAY, handle_websocket
+from proxy.transports.websocket import GATEWAY, OPEN_SOCKETS, close_open_sockets, handle_websocket
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -15,6 +17,8 @@ async def handle_healthz(request: web.Request) -> web.Response:
 def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=gateway.config.listen.max_message_bytes)
     app[GATEWAY] = gateway
+    app[OPEN_SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(close_open_sockets)
     app.router.add_get("/mcp", handle_websocket)
     app.router.add_get("/healthz", handle_healthz)
 

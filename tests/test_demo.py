@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+import aiohttp
 import mcp_types as types
 from mcp import ClientSession
 
@@ -46,3 +47,23 @@ async def test_the_bundled_demo_serves_two_backends_to_an_mcp_client() -> None:
     assert code == 0
     assert process.stderr is not None
     assert b"Traceback" not in await process.stderr.read()
+
+
+async def test_sigterm_closes_client_sockets_with_1001_and_exits_promptly() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--port", "0", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        banner = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        url = banner.split(" listening on ")[1].split()[0]
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("mcp",)) as ws:
+            process.send_signal(signal.SIGTERM)
+            frame = await asyncio.wait_for(ws.receive(), 5)
+            assert frame.type is aiohttp.WSMsgType.CLOSE
+            assert frame.data == 1001
+        assert await asyncio.wait_for(process.wait(), 5) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

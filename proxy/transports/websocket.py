@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
 from proxy import jsonrpc
@@ -21,6 +22,8 @@ from proxy.session import Session
 log = logging.getLogger("portico.websocket")
 
 GATEWAY = web.AppKey("gateway", Gateway)
+# Open client sockets, so that shutdown can say goodbye (1001) instead of waiting for each to leave.
+OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet[web.WebSocketResponse])
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -61,6 +64,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         await ws.send_frame(data, WSMsgType.TEXT)
 
     session = Session(gateway, "websocket", send, remote=request.remote or "")
+    request.app[OPEN_SOCKETS].add(ws)
     try:
         async for frame in ws:
             if frame.type is WSMsgType.TEXT:
@@ -75,3 +79,13 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         # The handler itself may be cancelled when the peer vanishes; the clean-up must still run whole.
         await asyncio.shield(gateway.end_session(session))
     return ws
+
+
+async def close_open_sockets(app: web.Application) -> None:
+    """On shutdown, close every client socket with 1001 (going away) so clients know to reconnect."""
+    open_sockets = app[OPEN_SOCKETS]
+    sockets = [*open_sockets]
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down") for ws in sockets),
+        return_exceptions=True,
+    )
