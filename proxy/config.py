@@ -134,6 +134,8 @@ def load(path: str | Path) -> GatewayConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read the config file: it is not UTF-8 text") from None
     return parse(text, source=str(path))
 
 
@@ -162,7 +164,7 @@ def parse(text: str, *, source: str = "<memory>") -> GatewayConfig:
 def _describe(exc: ValidationError, source: str) -> str:
     lines = []
     for problem in exc.errors():
-        path = _key_path(p for p in problem["loc"] if not _is_union_tag(p))
+        path = _key_path(_without_union_tag(problem["loc"]))
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
@@ -179,34 +181,38 @@ def _key_path(parts: Iterable[int | str]) -> str:
     return text.lstrip(".")
 
 
-def _is_union_tag(part: int | str) -> bool:
-    return part in ("stdio", "remote")
+def _without_union_tag(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic reports which member of the stdio/remote union it tried, right after the backend's name.
+    if len(loc) > 2 and loc[0] == "mcpServers" and loc[2] in ("stdio", "remote"):
+        return (*loc[:2], *loc[3:])
+    return loc
 
 
-class _DuplicateKeyLoader(yaml.SafeLoader):
-    pass
-
-
-def _no_duplicates(loader: _DuplicateKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise ConfigError(f"duplicate key {key!r} (line {mark.line + 1})")
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_DuplicateKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _reject_duplicate_keys(text: str, source: str) -> None:
     # YAML silently keeps the last of two equal keys; two backends with one name must be an error.
-    try:
-        yaml.load(text, Loader=_DuplicateKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc.message}") from None
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        _check_node(root, (), source)
+
+
+def _check_node(node: yaml.Node, path: tuple[int | str, ...], source: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = str(key_node.value)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{source}: {_key_path((*path, key))}: duplicate key (line {line})")
+            seen.add(key)
+            _check_node(value_node, (*path, key), source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_node(item, (*path, index), source)
 
 
 def _expand_variables(value: Any, source: str, path: tuple[str, ...]) -> Any:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-VALID_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+VALID_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _DIGEST_LENGTHS = (8, 12, 16, 24, 32)
 
@@ -38,20 +38,16 @@ def build_name_table(
     ``owned`` is in config order; with mode ``never`` a name offered by two backends raises NameCollision
     naming both, because routing by name would be ambiguous.
     """
+    if rules.mode == "never":
+        _refuse_shared_names(owned, kind)
     table: dict[tuple[str, str], str] = {}
     claimed: dict[str, tuple[str, str]] = {}
     pending: list[tuple[str, str]] = []
     for backend, name in owned:
         natural = _natural(backend, name, rules)
-        if VALID_NAME.match(natural) and len(natural) <= rules.budget and natural not in claimed:
+        if VALID_NAME.fullmatch(natural) and len(natural) <= rules.budget and natural not in claimed:
             table[(backend, name)] = natural
             claimed[natural] = (backend, name)
-        elif rules.mode == "never" and natural in claimed and claimed[natural][0] != backend:
-            first = claimed[natural][0]
-            raise NameCollision(
-                f"{kind} {name!r} is offered by backends {first!r} and {backend!r}; with namespacing mode "
-                "'never' names must be unique (use mode 'always', or disable one of them)"
-            )
         else:
             pending.append((backend, name))
     # Shortened names come second so that they never take a natural name away from its owner.
@@ -60,6 +56,17 @@ def build_name_table(
         table[(backend, name)] = exposed
         claimed[exposed] = (backend, name)
     return table
+
+
+def _refuse_shared_names(owned: Sequence[tuple[str, str]], kind: str) -> None:
+    owners: dict[str, str] = {}
+    for backend, name in owned:
+        first = owners.setdefault(name, backend)
+        if first != backend:
+            raise NameCollision(
+                f"{kind} {name!r} is offered by backends {first!r} and {backend!r}; with namespacing mode "
+                "'never' names must be unique (use mode 'always', or disable one of them)"
+            )
 
 
 def _natural(backend: str, name: str, rules: NamingRules) -> str:

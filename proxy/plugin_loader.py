@@ -11,6 +11,7 @@ pydantic model; the entry's ``options`` are validated against it and passed to t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from importlib.metadata import entry_points
@@ -40,6 +41,7 @@ def _build(entry: PluginEntry, source: str, index: int) -> NamedPlugin:
                 raise ConfigError(f"{where}.options: plugin {entry.name!r} takes no options")
             instance = factory()
         else:
+            _refuse_unknown_options(options_type, entry.options, where)
             options = TypeAdapter(options_type).validate_python(entry.options)
             instance = factory(options)
     except ValidationError as exc:
@@ -87,3 +89,13 @@ def _import(module_name: str, where: str) -> ModuleType | None:
         raise ConfigError(f"{where}: plugin module {module_name!r} failed to import: {exc}") from None
     except Exception as exc:
         raise ConfigError(f"{where}: plugin module {module_name!r} failed to import: {exc}") from None
+
+
+def _refuse_unknown_options(options_type: Any, options: dict[str, Any], where: str) -> None:
+    # pydantic ignores unknown keys when it validates a plain dataclass; a misspelt option must not be
+    # silently dropped. (A pydantic model says for itself, with extra="forbid".)
+    if dataclasses.is_dataclass(options_type):
+        known = {field.name for field in dataclasses.fields(options_type)}
+        for key in options:
+            if key not in known:
+                raise ConfigError(f"{where}.options.{key}: unknown option")

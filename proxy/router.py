@@ -169,7 +169,7 @@ class Pager:
             list_method, version, offset = decoded["m"], decoded["v"], decoded["o"]
         except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
             raise InvalidParams("Invalid params: unknown cursor") from None
-        if list_method != method or not isinstance(offset, int) or offset < 0:
+        if list_method != method or not isinstance(version, int) or not isinstance(offset, int) or offset < 0:
             raise InvalidParams("Invalid params: unknown cursor")
         catalog = self._snapshots.get(version)
         if catalog is None:
