@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= proxy/demo/portico.yaml
 
-.PHONY: run test lint typecheck unit bench check clean
+.PHONY: run test lint typecheck unit bench bench-smoke check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit
+test: lint typecheck unit bench-smoke
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core_ws
+
+# Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.core_ws --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -86,8 +86,10 @@ class UpstreamLink:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self.connector.send(jsonrpc.dumps(jsonrpc.request(request_id, method, params)))
+            # The send is inside the deadline too: a backend that stops reading fills its pipe, and
+            # then the write itself waits.
             async with asyncio.timeout(timeout):
+                await self.connector.send(jsonrpc.dumps(jsonrpc.request(request_id, method, params)))
                 return await future
         except TimeoutError:
             self._cancel_upstream(request_id, "request timed out")
