@@ -74,7 +74,12 @@ class Catalog:
         return Route(backend, kind, original, exposed)
 
     def expose_uri(self, backend: str, uri: str) -> str:
-        return uri if self.rules.mode == "never" else f"{URI_SCHEME}{backend}/{uri}"
+        return expose_uri(self.rules, backend, uri)
+
+
+def expose_uri(rules: NamingRules, backend: str, uri: str) -> str:
+    """The URI a client sees for a backend's own URI (or URI template)."""
+    return uri if rules.mode == "never" else f"{URI_SCHEME}{backend}/{uri}"
 
 
 def _by_prefix(prefixes: Sequence[tuple[str, str]], uri: str) -> str | None:
@@ -104,15 +109,14 @@ def build_catalog(version: int, rules: NamingRules, lists: Mapping[str, BackendL
             if isinstance(template.get("uriTemplate"), str):
                 prefixes.append((template["uriTemplate"].split("{", 1)[0], backend))
     prefixes.sort(key=lambda p: len(p[0]), reverse=True)
-    catalog = Catalog(version, rules, backends, {}, names, uri_owners, tuple(prefixes))
     items["resources"] = tuple(
-        {**r, "uri": catalog.expose_uri(b, r["uri"])}
+        {**r, "uri": expose_uri(rules, b, r["uri"])}
         for b, own in lists.items()
         for r in own.resources
         if isinstance(r.get("uri"), str)
     )
     items["resourceTemplates"] = tuple(
-        {**t, "uriTemplate": catalog.expose_uri(b, t["uriTemplate"])}
+        {**t, "uriTemplate": expose_uri(rules, b, t["uriTemplate"])}
         for b, own in lists.items()
         for t in own.resourceTemplates
         if isinstance(t.get("uriTemplate"), str)
