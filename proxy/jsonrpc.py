@@ -7,6 +7,7 @@ types drop fields they do not know, and a gateway must forward what it does not 
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any, TypeGuard
 
 import orjson
@@ -30,13 +31,24 @@ class ParseError(PorticoError):
 def loads(data: bytes | str) -> Any:
     """Parse one frame; any decoding problem becomes a ParseError (-32700)."""
     try:
-        return orjson.loads(data)
+        parsed = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"Parse error: {exc}") from None
+    if isinstance(parsed, dict) and isinstance(parsed.get("id"), float):
+        # orjson reads integers beyond 64 bits as floats; the standard library keeps them exact, so a
+        # client using such an id still gets its own id back. Rare, so only this path pays for it.
+        exact = json.loads(data)
+        if isinstance(exact, dict) and isinstance(exact.get("id"), int):
+            return exact
+    return parsed
 
 
 def dumps(message: Message) -> bytes:
-    return orjson.dumps(message)
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        # Integers beyond 64 bits (see loads) are beyond orjson too.
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def is_valid_id(value: object) -> TypeGuard[RequestId]:
@@ -78,6 +90,8 @@ def classify(obj: object) -> Kind:
         raise InvalidRequest('Invalid Request: a message needs "method", or exactly one of "result"/"error"')
     if has_result and not is_valid_id(obj.get("id")):
         raise InvalidRequest('Invalid Request: a response needs a string or integer "id"')
+    if has_error and obj.get("id") is not None and not is_valid_id(obj.get("id")):
+        raise InvalidRequest('Invalid Request: an error response needs a string, integer or null "id"')
     if has_error and not _is_error_object(obj["error"]):
         raise InvalidRequest('Invalid Request: "error" must have an integer "code" and a string "message"')
     return Kind.RESPONSE
