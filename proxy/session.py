@@ -12,8 +12,8 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -27,7 +27,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("portico.session")
 
-Sender = Callable[[bytes], Awaitable[None]]
+
+class Channel(Protocol):
+    """How a transport carries frames to its client.
+
+    HTTP sends each reply, and whatever relates to that request, on the request's own response; the
+    WebSocket has one socket for everything and ignores the distinction.
+    """
+
+    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
+        """Carry the reply to the client's request ``request_id`` (None: no usable id, or a batch)."""
+        ...
+
+    async def send(self, frame: bytes, related: RequestId | None) -> None:
+        """Carry a request or notification for the client, related to one of its requests if known."""
+        ...
+
+
 _LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 # Before the handshake only these may be used (the specification allows ping at any time).
 _BEFORE_INITIALIZE = frozenset({"initialize", "ping"})
@@ -40,7 +56,7 @@ class ClientGone(PorticoError):
 class Session:
     """A client session on any transport; see the module docstring."""
 
-    def __init__(self, gateway: Gateway, transport: str, send: Sender, remote: str = "") -> None:
+    def __init__(self, gateway: Gateway, transport: str, channel: Channel, remote: str = "") -> None:
         self.id = secrets.token_urlsafe(18)
         self.gateway = gateway
         self.transport = transport
@@ -51,7 +67,9 @@ class Session:
         self.initialized = False
         self.log_level: str | None = None
         self.closed = False
-        self._send_frame = send
+        self._channel = channel
+        # Which client request a progress token belongs to, so progress travels with that request.
+        self._progress_owners: dict[str | int, RequestId] = {}
         self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
         self._asked: dict[int, asyncio.Future[Message]] = {}
         self._ask_ids = itertools.count(1)
@@ -66,14 +84,14 @@ class Session:
         try:
             message = jsonrpc.loads(frame)
         except PorticoError as exc:
-            await self._reply(jsonrpc.error_from(None, exc))
+            await self._respond(jsonrpc.error_from(None, exc))
             return
         if isinstance(message, list):
             await self._receive_batch(message)
             return
         outcome = await self._accept(message, self._serve)
         if isinstance(outcome, dict):
-            await self._reply(outcome)
+            await self._respond(outcome)
 
     async def _accept(
         self, message: Any, run: Callable[[Message], Coroutine[Any, Any, Any]]
@@ -98,7 +116,7 @@ class Session:
         # to its requests back in one array.
         if not batch or self.protocol_version != "2025-03-26":
             why = "an empty batch" if batch else "batches are only part of protocol version 2025-03-26"
-            await self._reply(jsonrpc.error_from(None, InvalidRequest(f"Invalid Request: {why}")))
+            await self._respond(jsonrpc.error_from(None, InvalidRequest(f"Invalid Request: {why}")))
             return
         replies: list[Message] = []
         running: list[asyncio.Task[Any]] = []
@@ -112,7 +130,7 @@ class Session:
             if isinstance(reply, dict):
                 replies.append(reply)
         if replies:
-            await self._send(orjson.dumps(replies))
+            await self._transmit(self._channel.respond(orjson.dumps(replies), None))
 
     def _check_admissible(self, message: Message) -> None:
         if message["id"] in self._inflight:
@@ -132,14 +150,20 @@ class Session:
     def _forget(self, request_id: RequestId, task: asyncio.Task[Any]) -> None:
         if self._inflight.get(request_id) is task:
             del self._inflight[request_id]
+        if self._progress_owners:
+            for token in [t for t, owner in self._progress_owners.items() if owner == request_id]:
+                del self._progress_owners[token]
 
     async def _serve(self, message: Message) -> None:
         reply = await self._answer(message)
         if reply is not None:
-            await self._reply(reply)
+            await self._respond(reply)
 
     async def _answer(self, message: Message) -> Message | None:
         params = jsonrpc.params_of(message)
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and isinstance(meta.get("progressToken"), str | int):
+            self._progress_owners[meta["progressToken"]] = message["id"]
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
         return await self.gateway.to_backend.dispatch(ctx, message)
@@ -177,24 +201,29 @@ class Session:
         ask_id = next(self._ask_ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._asked[ask_id] = future
+        related = self._sole_request()
         try:
-            await self._reply({**message, "id": ask_id})
+            await self._send({**message, "id": ask_id}, related)
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
-            await self._notify_cancelled(ask_id, "timed out")
+            await self._notify_cancelled(ask_id, "timed out", related)
             return jsonrpc.error(ask_id, {"code": -32001, "message": "The client did not answer in time"})
         except asyncio.CancelledError:
-            await self._notify_cancelled(ask_id, "the backend cancelled the request")
+            await self._notify_cancelled(ask_id, "the backend cancelled the request", related)
             raise
         finally:
             self._asked.pop(ask_id, None)
 
-    async def _notify_cancelled(self, ask_id: int, reason: str) -> None:
+    async def _notify_cancelled(self, ask_id: int, reason: str, related: RequestId | None) -> None:
         if not self.closed:
-            await self._reply(
-                jsonrpc.notification("notifications/cancelled", {"requestId": ask_id, "reason": reason})
-            )
+            notice = jsonrpc.notification("notifications/cancelled", {"requestId": ask_id, "reason": reason})
+            await self._send(notice, related)
+
+    def _sole_request(self) -> RequestId | None:
+        # A backend's request is caused by one of this client's calls; when only one is running, the
+        # gateway knows which, and HTTP can carry it on that call's own stream.
+        return next(iter(self._inflight)) if len(self._inflight) == 1 else None
 
     def _answered(self, message: Message) -> None:
         future = self._asked.get(message.get("id"))  # type: ignore[arg-type]
@@ -204,7 +233,11 @@ class Session:
         future.set_result(message)
 
     async def send_message(self, message: Message) -> None:
-        await self._reply(message)
+        related = None
+        if message.get("method") == "notifications/progress":
+            token = jsonrpc.params_of(message).get("progressToken")
+            related = self._progress_owners.get(token) if isinstance(token, str | int) else None
+        await self._send(message, related)
 
     def wants(self, message: Message) -> bool:
         """Whether this client asked to see a log message of that level (everything, if it never said)."""
@@ -226,14 +259,18 @@ class Session:
             ctx, message = self._outbox.get_nowait()
             await self.gateway.to_client.dispatch(ctx, message)
 
-    async def _reply(self, message: Message) -> None:
-        await self._send(jsonrpc.dumps(message))
+    async def _respond(self, message: Message) -> None:
+        await self._transmit(self._channel.respond(jsonrpc.dumps(message), message.get("id")))
 
-    async def _send(self, frame: bytes) -> None:
+    async def _send(self, message: Message, related: RequestId | None) -> None:
+        await self._transmit(self._channel.send(jsonrpc.dumps(message), related))
+
+    async def _transmit(self, delivery: Coroutine[Any, Any, None]) -> None:
         if self.closed:
+            delivery.close()
             return
         try:
-            await self._send_frame(frame)
+            await delivery
         except (ConnectionError, RuntimeError) as exc:
             log.debug("session %s: could not send to the client: %s", self.id, exc)
 

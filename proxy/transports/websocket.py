@@ -17,6 +17,7 @@ from yarl import URL
 from proxy import jsonrpc
 from proxy.errors import InvalidRequest
 from proxy.gateway import Gateway
+from proxy.jsonrpc import RequestId
 from proxy.session import Session
 
 log = logging.getLogger("portico.websocket")
@@ -40,6 +41,19 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return url.scheme in ("http", "https") and url.host in _LOCAL_HOSTS
 
 
+class WebSocketChannel:
+    """Everything for the client goes down its one socket, one message per text frame."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
+        await self.ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def send(self, frame: bytes, related: RequestId | None) -> None:
+        await self.ws.send_frame(frame, WSMsgType.TEXT)
+
+
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     listen = gateway.config.listen
@@ -60,10 +74,8 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         )
     await ws.prepare(request)
 
-    async def send(data: bytes) -> None:
-        await ws.send_frame(data, WSMsgType.TEXT)
-
-    session = Session(gateway, "websocket", send, remote=request.remote or "")
+    channel = WebSocketChannel(ws)
+    session = Session(gateway, "websocket", channel, remote=request.remote or "")
     request.app[OPEN_SOCKETS].add(ws)
     try:
         async for frame in ws:
@@ -71,7 +83,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
                 await session.receive(frame.data)
             elif frame.type is WSMsgType.BINARY:
                 error = InvalidRequest("Invalid Request: send each message as a text frame")
-                await send(jsonrpc.dumps(jsonrpc.error_from(None, error)))
+                await channel.respond(jsonrpc.dumps(jsonrpc.error_from(None, error)), None)
             elif frame.type is WSMsgType.ERROR:
                 log.info("session %s: WebSocket error: %s", session.id, ws.exception())
                 break
