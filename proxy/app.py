@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from proxy.gateway import Gateway
-from proxy.transports.websocket import GATEWAY, OPEN_SOCKETS, close_open_sockets, handle_websocket
+from proxy.transports.http import HTTP_SESSIONS, HttpSessions, handle_delete, handle_get, handle_post
+from proxy.transports.websocket import GATEWAY, OPEN_SOCKETS, close_open_sockets
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -18,13 +20,19 @@ def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=gateway.config.listen.max_message_bytes)
     app[GATEWAY] = gateway
     app[OPEN_SOCKETS] = weakref.WeakSet()
+    app[HTTP_SESSIONS] = HttpSessions(gateway)
     app.on_shutdown.append(close_open_sockets)
-    app.router.add_get("/mcp", handle_websocket)
+    # One endpoint for every transport: GET with Upgrade is the WebSocket, the rest Streamable HTTP.
+    app.router.add_get("/mcp", handle_get, allow_head=False)
+    app.router.add_post("/mcp", handle_post)
+    app.router.add_delete("/mcp", handle_delete)
     app.router.add_get("/healthz", handle_healthz)
 
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
+        app[HTTP_SESSIONS].start_sweeping()
         yield
+        await app[HTTP_SESSIONS].stop()
         await gateway.stop()
 
     app.cleanup_ctx.append(lifecycle)

@@ -34,8 +34,15 @@ class ListenConfig(_Strict):
     port: int = Field(8765, ge=0, le=65535)
     # Browser origins allowed to open a session, besides localhost ones and clients that send no Origin.
     allowed_origins: tuple[str, ...] = ()
+    # Host names a loopback-bound gateway answers to besides localhost ones ("*": any).
+    allowed_hosts: tuple[str, ...] = ()
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     heartbeat_seconds: float = Field(20.0, gt=0)
+    # Streamable HTTP sessions: closed after this long without a request or an open stream.
+    session_idle_seconds: float = Field(1800.0, gt=0)
+    max_sessions: int = Field(10_000, ge=1)
+    # SSE events kept per HTTP session for resumption with Last-Event-ID.
+    event_store_size: int = Field(1000, ge=0)
 
 
 class NamespacingConfig(_Strict):

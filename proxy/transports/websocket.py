@@ -12,33 +12,19 @@ import logging
 import weakref
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from yarl import URL
 
 from proxy import jsonrpc
 from proxy.errors import InvalidRequest
 from proxy.gateway import Gateway
 from proxy.jsonrpc import RequestId
 from proxy.session import Session
+from proxy.transports.guards import refusal
 
 log = logging.getLogger("portico.websocket")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 # Open client sockets, so that shutdown can say goodbye (1001) instead of waiting for each to leave.
 OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet[web.WebSocketResponse])
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), a localhost page, or an origin the operator listed."""
-    if origin is None:
-        return True
-    if origin in allowed or "*" in allowed:
-        return True
-    try:
-        url = URL(origin)
-    except ValueError:
-        return False
-    return url.scheme in ("http", "https") and url.host in _LOCAL_HOSTS
 
 
 class WebSocketChannel:
@@ -57,9 +43,12 @@ class WebSocketChannel:
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     listen = gateway.config.listen
-    if not origin_allowed(request.headers.get("Origin"), listen.allowed_origins):
-        log.warning("refused a WebSocket from origin %r", request.headers.get("Origin"))
-        return web.json_response({"error": "origin not allowed"}, status=403)
+    refused = refusal(request, listen)
+    if refused is not None:
+        log.warning(
+            "refused a WebSocket from origin %r, host %r", request.headers.get("Origin"), request.host
+        )
+        return refused
     ws = web.WebSocketResponse(
         protocols=("mcp",),
         heartbeat=listen.heartbeat_seconds,

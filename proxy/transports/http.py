@@ -1,0 +1,353 @@
+"""MCP Streamable HTTP at ``/mcp`` (the legacy, session era: protocol versions 2025-03-26 .. 2025-11-25).
+
+- ``POST`` carries one message. A request is answered with JSON, or, as soon as the gateway has
+  something to send before the reply (progress, a sampling or elicitation request), with an SSE stream
+  that ends with the reply. Notifications and responses get 202.
+- ``initialize`` without a session creates one; the gateway mints ``Mcp-Session-Id`` itself (never a
+  backend's id, never guessable). Every later request must carry it: missing is 400, unknown or ended
+  is 404, which tells the client to initialize again.
+- ``GET`` opens the session's standalone SSE stream for messages unrelated to a request, or, with
+  ``Last-Event-ID``, resumes a stream that broke: the missed events are replayed from the session's
+  bounded event store, and a request still running carries on on the new connection.
+- ``DELETE`` ends the session. Idle sessions end by themselves after ``listen.session_idle_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proxy import eras, jsonrpc
+from proxy.errors import InvalidRequest, PorticoError
+from proxy.gateway import Gateway
+from proxy.jsonrpc import Kind, Message, RequestId
+from proxy.session import Session
+from proxy.transports.guards import refusal
+from proxy.transports.sse import EventStore, SseSink
+from proxy.transports.websocket import GATEWAY, handle_websocket
+
+log = logging.getLogger("portico.http")
+
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+_BODY_SECONDS = 30.0
+
+
+class Exchange:
+    """One POSTed request waiting for its reply, and what the gateway sends the client before it."""
+
+    def __init__(self, request_id: RequestId) -> None:
+        self.request_id = request_id
+        self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        # Set once the reply needs a stream; the sink can change when the client resumes elsewhere.
+        self.stream = 0
+        self.sink: SseSink | None = None
+        self.done = asyncio.Event()
+
+
+class HttpChannel:
+    """The ``Channel`` of one HTTP session: replies go to their exchange, the rest to the GET stream."""
+
+    def __init__(self, store_size: int) -> None:
+        self.store = EventStore(store_size)
+        self.standalone_stream = self.store.new_stream()
+        self.standalone: SseSink | None = None
+        self.exchanges: dict[RequestId, Exchange] = {}
+        self.ended = asyncio.Event()
+        self.last_active = time.monotonic()
+
+    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
+        exchange = self.exchanges.get(request_id) if request_id is not None else None
+        if exchange is not None:
+            exchange.queue.put_nowait((frame, True))
+        else:
+            await self._to_standalone(frame)
+
+    async def send(self, frame: bytes, related: RequestId | None) -> None:
+        exchange = self.exchanges.get(related) if related is not None else None
+        if exchange is not None:
+            exchange.queue.put_nowait((frame, False))
+        else:
+            await self._to_standalone(frame)
+
+    async def _to_standalone(self, frame: bytes) -> None:
+        # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now.
+        sequence = self.store.record(self.standalone_stream, frame)
+        if self.standalone is not None and self.standalone.alive:
+            await self.standalone.write(sequence, frame)
+
+    def exchange_on(self, stream: int) -> Exchange | None:
+        return next((e for e in self.exchanges.values() if e.stream == stream), None)
+
+    def idle(self) -> bool:
+        streaming = self.standalone is not None and self.standalone.alive
+        return not self.exchanges and not streaming
+
+
+class HttpSessions:
+    """Every open Streamable HTTP session of one gateway, by id."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.clients: dict[str, tuple[Session, HttpChannel]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def create(self, remote: str) -> tuple[Session, HttpChannel]:
+        channel = HttpChannel(self.gateway.config.listen.event_store_size)
+        session = Session(self.gateway, "streamable-http", channel, remote=remote)
+        self.clients[session.id] = (session, channel)
+        return session, channel
+
+    async def end(self, session_id: str) -> None:
+        client = self.clients.pop(session_id, None)
+        if client is not None:
+            session, channel = client
+            channel.ended.set()
+            await asyncio.shield(self.gateway.end_session(session))
+
+    def start_sweeping(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for session_id in list(self.clients):
+            await self.end(session_id)
+
+    async def _sweep(self) -> None:
+        idle_seconds = self.gateway.config.listen.session_idle_seconds
+        while True:
+            await asyncio.sleep(min(60.0, idle_seconds / 2))
+            cutoff = time.monotonic() - idle_seconds
+            for session_id, (_, channel) in list(self.clients.items()):
+                if channel.idle() and channel.last_active < cutoff:
+                    log.info("session %s ended after %.0f s idle", session_id, idle_seconds)
+                    await self.end(session_id)
+
+
+HTTP_SESSIONS = web.AppKey("http_sessions", HttpSessions)
+
+
+async def handle_post(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    refused = refusal(request, gateway.config.listen)
+    if refused is not None:
+        return refused
+    problem = _content_problem(request)
+    if problem is not None:
+        return problem
+    try:
+        async with asyncio.timeout(_BODY_SECONDS):
+            body = await request.read()
+    except TimeoutError:
+        return _error(408, None, InvalidRequest("Request Timeout: the body did not arrive in time"))
+    message: Any = None
+    try:
+        message = jsonrpc.loads(body)
+        if isinstance(message, list):
+            raise InvalidRequest(
+                "Invalid Request: batches are not accepted over HTTP; send one message per POST"
+            )
+        kind = jsonrpc.classify(message)
+    except PorticoError as exc:
+        return _error(400, jsonrpc.salvage_id(message), exc)
+    return await _post_message(request, gateway, message, kind, body)
+
+
+async def _post_message(
+    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes
+) -> web.StreamResponse:
+    sessions = request.app[HTTP_SESSIONS]
+    request_id = message.get("id") if kind is Kind.REQUEST else None
+    session_id = request.headers.get(SESSION_HEADER)
+    if session_id is None:
+        if kind is not Kind.REQUEST or message["method"] != "initialize":
+            return _error(
+                400, request_id, InvalidRequest(f"Bad Request: the {SESSION_HEADER} header is required")
+            )
+        if len(sessions.clients) >= gateway.config.listen.max_sessions:
+            busy = PorticoError("Service Unavailable: too many sessions; try again later")
+            return _error(503, request_id, busy, retry=True)
+        session, channel = sessions.create(request.remote or "")
+    else:
+        found = _session(request, sessions, request_id)
+        if isinstance(found, web.Response):
+            return found
+        session, channel = found
+    channel.last_active = time.monotonic()
+    headers = {SESSION_HEADER: session.id}
+    if kind is not Kind.REQUEST:
+        await session.receive(body)
+        return web.Response(status=202, headers=headers)
+    request_id = message["id"]
+    if request_id in channel.exchanges:
+        return _error(
+            400, request_id, InvalidRequest(f"Invalid Request: id {request_id!r} is already in flight")
+        )
+    exchange = Exchange(request_id)
+    channel.exchanges[request_id] = exchange
+    try:
+        await session.receive(body)
+        return await _answer(request, channel, exchange, headers)
+    finally:
+        channel.exchanges.pop(request_id, None)
+        channel.last_active = time.monotonic()
+        if session_id is None and session.protocol_version is None:
+            await sessions.end(session.id)
+
+
+async def _answer(
+    request: web.Request, channel: HttpChannel, exchange: Exchange, headers: dict[str, str]
+) -> web.StreamResponse:
+    frame, final = await exchange.queue.get()
+    if final:
+        return web.Response(body=frame, content_type="application/json", headers=headers)
+    # Something comes before the reply: from here on this response is an SSE stream.
+    exchange.stream = channel.store.new_stream()
+    exchange.sink = await SseSink.open(request, exchange.stream, headers)
+    response = exchange.sink.response
+    while True:
+        sequence = channel.store.record(exchange.stream, frame)
+        if exchange.sink is not None:
+            await exchange.sink.write(sequence, frame)
+        if final:
+            break
+        frame, final = await exchange.queue.get()
+    exchange.done.set()
+    return response
+
+
+async def handle_get(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handle_websocket(request)
+    gateway = request.app[GATEWAY]
+    refused = refusal(request, gateway.config.listen)
+    if refused is not None:
+        return refused
+    if not _accepts(request, "text/event-stream"):
+        return _error(406, None, InvalidRequest("Not Acceptable: a GET needs Accept: text/event-stream"))
+    found = _session(request, request.app[HTTP_SESSIONS], None)
+    if isinstance(found, web.Response):
+        return found
+    session, channel = found
+    channel.last_active = time.monotonic()
+    headers = {SESSION_HEADER: session.id}
+    last_event = request.headers.get("Last-Event-ID")
+    if last_event is None:
+        return await _standalone(request, channel, headers, after=0)
+    replay = channel.store.after(last_event)
+    if replay is None:
+        return _error(400, None, InvalidRequest("Bad Request: Last-Event-ID is unknown or too old to replay"))
+    stream, events = replay
+    if stream == channel.standalone_stream:
+        return await _standalone(
+            request, channel, headers, after=events[0][0] - 1 if events else _seq(last_event)
+        )
+    return await _resume_exchange(request, channel, stream, _seq(last_event), headers)
+
+
+async def _standalone(
+    request: web.Request, channel: HttpChannel, headers: dict[str, str], after: int
+) -> web.StreamResponse:
+    if channel.standalone is not None and channel.standalone.alive:
+        return _error(409, None, InvalidRequest("Conflict: this session already has an open GET stream"))
+    sink = await SseSink.open(request, channel.standalone_stream, headers)
+    if after:
+        await _catch_up(sink, channel.store, channel.standalone_stream, after)
+    channel.standalone = sink
+    await sink.keep_alive_until(channel.ended)
+    return sink.response
+
+
+async def _resume_exchange(
+    request: web.Request, channel: HttpChannel, stream: int, after: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    sink = await SseSink.open(request, stream, headers)
+    await _catch_up(sink, channel.store, stream, after)
+    exchange = channel.exchange_on(stream)
+    if exchange is not None and not exchange.done.is_set():
+        # No await between the last catch-up and taking over, so no event can fall in between.
+        exchange.sink = sink
+        await sink.keep_alive_until(exchange.done)
+    return sink.response
+
+
+async def _catch_up(sink: SseSink, store: EventStore, stream: int, after: int) -> None:
+    while True:
+        replay = store.after(f"{stream}-{after}")
+        events = replay[1] if replay else []
+        if not events:
+            return
+        await sink.replay(events)
+        after = events[-1][0]
+
+
+async def handle_delete(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    refused = refusal(request, gateway.config.listen)
+    if refused is not None:
+        return refused
+    sessions = request.app[HTTP_SESSIONS]
+    found = _session(request, sessions, None)
+    if isinstance(found, web.Response):
+        return found
+    await sessions.end(found[0].id)
+    return web.Response(status=200)
+
+
+def _session(
+    request: web.Request, sessions: HttpSessions, request_id: Any
+) -> tuple[Session, HttpChannel] | web.Response:
+    session_id = request.headers.get(SESSION_HEADER)
+    if session_id is None:
+        return _error(
+            400, request_id, InvalidRequest(f"Bad Request: the {SESSION_HEADER} header is required")
+        )
+    client = sessions.clients.get(session_id)
+    if client is None:
+        return _error(404, request_id, InvalidRequest("Session not found; initialize a new session"))
+    version = request.headers.get(VERSION_HEADER)
+    if version is not None and version not in eras.HANDSHAKE_VERSIONS:
+        supported = ", ".join(eras.HANDSHAKE_VERSIONS)
+        return _error(
+            400,
+            request_id,
+            InvalidRequest(f"Bad Request: unsupported {VERSION_HEADER} {version!r} (supported: {supported})"),
+        )
+    return client
+
+
+def _content_problem(request: web.Request) -> web.Response | None:
+    if request.content_type != "application/json":
+        return _error(
+            415, None, InvalidRequest("Unsupported Media Type: Content-Type must be application/json")
+        )
+    if not (_accepts(request, "application/json") and _accepts(request, "text/event-stream")):
+        return _error(
+            406,
+            None,
+            InvalidRequest("Not Acceptable: Accept must list application/json and text/event-stream"),
+        )
+    return None
+
+
+def _accepts(request: web.Request, media_type: str) -> bool:
+    accept = request.headers.get("Accept", "")
+    return media_type in accept or "*/*" in accept
+
+
+def _seq(event_id: str) -> int:
+    return int(event_id.partition("-")[2])
+
+
+def _error(status: int, request_id: Any, exc: PorticoError, *, retry: bool = False) -> web.Response:
+    body = jsonrpc.dumps(jsonrpc.error_from(request_id if jsonrpc.is_valid_id(request_id) else None, exc))
+    headers = {"Retry-After": "5"} if retry else None
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)

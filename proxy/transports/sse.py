@@ -1,0 +1,110 @@
+"""Server-sent events for Streamable HTTP: streams, event ids, and the store that makes them resumable.
+
+Every event a session sends on an SSE stream gets an id ``{stream}-{sequence}`` and is kept, up to a
+bound, in the session's ``EventStore``. A client that lost a stream reconnects with ``GET`` and
+``Last-Event-ID`` and gets what it missed on that stream, and only that stream, as the specification
+asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+
+from aiohttp import web
+
+KEEPALIVE_SECONDS = 15.0
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-transform",
+    # Tells nginx and similar proxies not to buffer the stream.
+    "X-Accel-Buffering": "no",
+}
+
+
+class EventStore:
+    """The latest events of one session, for replay after a reconnect."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._events: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._sequence = itertools.count(1)
+        self._streams = 0
+        # Events up to this sequence number were dropped to stay within the bound.
+        self._forgotten_up_to = 0
+
+    def new_stream(self) -> int:
+        self._streams += 1
+        return self._streams
+
+    def record(self, stream: int, frame: bytes) -> int:
+        sequence = next(self._sequence)
+        self._events.append((stream, sequence, frame))
+        if len(self._events) > self._capacity:
+            self._forgotten_up_to = self._events.popleft()[1]
+        return sequence
+
+    def after(self, event_id: str) -> tuple[int, list[tuple[int, bytes]]] | None:
+        """The stream an event id belongs to and its later events; None if unknown or too old to replay."""
+        stream, sequence = parse_event_id(event_id)
+        if stream is None or sequence is None or not 0 < stream <= self._streams:
+            return None
+        if sequence < self._forgotten_up_to:
+            return None
+        return stream, [(seq, frame) for s, seq, frame in self._events if s == stream and seq > sequence]
+
+
+def parse_event_id(event_id: str) -> tuple[int | None, int | None]:
+    stream, _, sequence = event_id.partition("-")
+    if not (stream.isdigit() and sequence.isdigit()):
+        return None, None
+    return int(stream), int(sequence)
+
+
+class SseSink:
+    """One open SSE response; writes never interleave, never repeat, and a dead peer is noticed."""
+
+    def __init__(self, response: web.StreamResponse, stream: int) -> None:
+        self.response = response
+        self.stream = stream
+        self.alive = True
+        self._lock = asyncio.Lock()
+        self._last_sequence = 0
+
+    @classmethod
+    async def open(cls, request: web.Request, stream: int, headers: dict[str, str]) -> SseSink:
+        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        await response.prepare(request)
+        return cls(response, stream)
+
+    async def write(self, sequence: int, frame: bytes) -> None:
+        async with self._lock:
+            if not self.alive or sequence <= self._last_sequence:
+                return
+            try:
+                await self.response.write(b"id: %d-%d\ndata: %s\n\n" % (self.stream, sequence, frame))
+                self._last_sequence = sequence
+            except (ConnectionError, RuntimeError):
+                self.alive = False
+
+    async def replay(self, events: list[tuple[int, bytes]]) -> None:
+        for sequence, frame in events:
+            await self.write(sequence, frame)
+
+    async def keep_alive_until(self, done: asyncio.Event) -> None:
+        """Send a comment now and then (so idle proxies keep the stream) until ``done`` or the peer goes."""
+        while self.alive and not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    await done.wait()
+            if not done.is_set():
+                await self._comment()
+
+    async def _comment(self) -> None:
+        async with self._lock:
+            try:
+                await self.response.write(b": keep-alive\n\n")
+            except (ConnectionError, RuntimeError):
+                self.alive = False
