@@ -3,7 +3,7 @@
 One test per promise of the endpoint: the ``mcp`` subprotocol, the legacy handshake and its version
 negotiation, heartbeats, the Origin allow-list, the message-size limit, the JSON-RPC error for every kind
 of bad frame (with the right id), the gating of requests before ``initialize``, duplicate ids in flight,
-binary frames, ``/healthz`` and the 426 for a plain GET. Every bad frame is followed by a good call on the
+binary frames, ``/healthz`` and the 406 for a plain GET. Every bad frame is followed by a good call on the
 same session, because a gateway that answers correctly and then stops serving is still broken.
 """
 
@@ -111,11 +111,12 @@ async def test_healthz_answers_200(start_gateway: StartGateway) -> None:
         assert await response.json() == {"status": "ok"}
 
 
-async def test_a_plain_get_on_mcp_answers_426(start_gateway: StartGateway) -> None:
+async def test_a_plain_get_on_mcp_is_not_acceptable_and_opens_nothing(start_gateway: StartGateway) -> None:
+    # /mcp also serves Streamable HTTP, whose GET needs Accept: text/event-stream and a session.
     gw = await start(start_gateway)
-    async with gw.http.get(http_url(gw, "/mcp")) as response:
-        assert response.status == 426
-        assert response.headers.get("Upgrade") is None
+    async with gw.http.get(http_url(gw, "/mcp"), headers={"Accept": "application/json"}) as response:
+        assert response.status == 406
+        assert (await response.json())["error"]["code"] == -32600
     assert gw.gateway.sessions == {}
 
 
