@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.gateway import Gateway
+from proxy.transports import legacy_sse
 from proxy.transports.http import HTTP_SESSIONS, HttpSessions, handle_delete, handle_get, handle_post
 from proxy.transports.websocket import GATEWAY, OPEN_SOCKETS, close_open_sockets
 
@@ -26,6 +27,10 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/mcp", handle_get, allow_head=False)
     app.router.add_post("/mcp", handle_post)
     app.router.add_delete("/mcp", handle_delete)
+    # The 2024-11-05 HTTP+SSE transport, for clients that predate Streamable HTTP.
+    app[legacy_sse.LEGACY_SESSIONS] = {}
+    app.router.add_get("/sse", legacy_sse.handle_stream, allow_head=False)
+    app.router.add_post(legacy_sse.MESSAGES_PATH, legacy_sse.handle_message)
     app.router.add_get("/healthz", handle_healthz)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -12,10 +12,12 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import time
 
 from aiohttp import web
 
 KEEPALIVE_SECONDS = 15.0
+_PEER_CHECK_SECONDS = 1.0
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache, no-transform",
@@ -66,7 +68,8 @@ def parse_event_id(event_id: str) -> tuple[int | None, int | None]:
 class SseSink:
     """One open SSE response; writes never interleave, never repeat, and a dead peer is noticed."""
 
-    def __init__(self, response: web.StreamResponse, stream: int) -> None:
+    def __init__(self, request: web.Request, response: web.StreamResponse, stream: int) -> None:
+        self.request = request
         self.response = response
         self.stream = stream
         self.alive = True
@@ -77,7 +80,7 @@ class SseSink:
     async def open(cls, request: web.Request, stream: int, headers: dict[str, str]) -> SseSink:
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
-        return cls(response, stream)
+        return cls(request, response, stream)
 
     async def write(self, sequence: int, frame: bytes) -> None:
         async with self._lock:
@@ -89,18 +92,34 @@ class SseSink:
             except (ConnectionError, RuntimeError):
                 self.alive = False
 
+    async def write_event(self, event: str, data: bytes) -> None:
+        """A named event without an id (the legacy HTTP+SSE transport's ``endpoint`` and ``message``)."""
+        async with self._lock:
+            if not self.alive:
+                return
+            try:
+                await self.response.write(b"event: %s\ndata: %s\n\n" % (event.encode(), data))
+            except (ConnectionError, RuntimeError):
+                self.alive = False
+
     async def replay(self, events: list[tuple[int, bytes]]) -> None:
         for sequence, frame in events:
             await self.write(sequence, frame)
 
     async def keep_alive_until(self, done: asyncio.Event) -> None:
-        """Send a comment now and then (so idle proxies keep the stream) until ``done`` or the peer goes."""
+        """Hold the stream open until ``done`` or the peer goes, with a comment now and then so that
+        idle proxies keep it; a vanished peer is noticed within a second, not at the next write."""
+        quiet_since = time.monotonic()
         while self.alive and not done.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                async with asyncio.timeout(_PEER_CHECK_SECONDS):
                     await done.wait()
-            if not done.is_set():
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                self.alive = False
+            elif not done.is_set() and time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
                 await self._comment()
+                quiet_since = time.monotonic()
 
     async def _comment(self) -> None:
         async with self._lock:
