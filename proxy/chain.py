@@ -93,6 +93,8 @@ class Context:
     route: Route | None
     # Monotonic time (``time.monotonic()``) by which the message must be answered.
     deadline: float
+    # The protocol version this message speaks: the session's (legacy era) or its own (modern era).
+    protocol_version: str | None = None
     # Who sent it, once an authentication plugin has said so.
     principal: Any = None
     _data: dict[Key[Any], Any] = field(default_factory=dict)

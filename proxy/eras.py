@@ -1,14 +1,66 @@
-"""Protocol versions and the legacy handshake, kept in one place so no other module needs to know them."""
+"""The two eras of MCP meet here, so no other module needs to know which one a peer speaks.
+
+- Legacy (2024-11-05 .. 2025-11-25): an ``initialize`` handshake opens a session that carries the
+  protocol version and the client's capabilities.
+- Modern (2026-07-28): no handshake and no session; every request carries the version and the client's
+  capabilities in ``params._meta``, every result says ``resultType``, and list results say how long they
+  may be cached (``ttlMs``) and by whom (``cacheScope``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import InvalidParams
+from proxy.errors import InvalidParams, PorticoError
 
 # Legacy (handshake) revisions the gateway speaks to clients, newest first.
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 LATEST_HANDSHAKE_VERSION = HANDSHAKE_VERSIONS[0]
+MODERN_VERSIONS = ("2026-07-28",)
+SUPPORTED_VERSIONS = (*MODERN_VERSIONS, *HANDSHAKE_VERSIONS)
+
+PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
+SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+
+HEADER_MISMATCH = -32020
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+# Methods of the legacy era that the modern one removed (subscriptions/listen and per-request _meta
+# replace them).
+LEGACY_ONLY_METHODS = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
+# Results that carry caching directives in the modern era.
+CACHEABLE_METHODS = frozenset(
+    {
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "server/discover",
+    }
+)
+
+
+class UnsupportedProtocolVersion(PorticoError):
+    code = UNSUPPORTED_PROTOCOL_VERSION
+
+
+class HeaderMismatch(PorticoError):
+    code = HEADER_MISMATCH
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What a modern request says about its client, in its own ``_meta``."""
+
+    version: str
+    capabilities: dict[str, Any]
+    client_info: dict[str, Any]
 
 
 def negotiate(params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -28,3 +80,70 @@ def negotiate(params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, An
         raise InvalidParams('Invalid params: "clientInfo" must be an object')
     version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
     return version, capabilities, client_info
+
+
+def is_modern(message: dict[str, Any]) -> bool:
+    """A request speaks the modern era when its ``_meta`` names a protocol version."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta and message.get("method") != "initialize"
+
+
+def envelope(params: dict[str, Any]) -> Envelope:
+    """Validate a modern request's ``_meta``: -32602 for a missing key, -32022 for a version not spoken."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict):
+        needed = f"{PROTOCOL_VERSION_KEY!r} and {CLIENT_CAPABILITIES_KEY!r}"
+        raise InvalidParams(f"Invalid params: params._meta must be an object carrying {needed}")
+    missing = [key for key in (PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY) if key not in meta]
+    if missing:
+        raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}")
+    version, capabilities = meta[PROTOCOL_VERSION_KEY], meta[CLIENT_CAPABILITIES_KEY]
+    if not isinstance(version, str):
+        raise InvalidParams(f"Invalid params: {PROTOCOL_VERSION_KEY} must be a string")
+    if version not in MODERN_VERSIONS:
+        raise UnsupportedProtocolVersion(
+            f"Unsupported protocol version {version!r}",
+            data={"supported": list(MODERN_VERSIONS), "requested": version},
+        )
+    if not isinstance(capabilities, dict):
+        raise InvalidParams(f"Invalid params: {CLIENT_CAPABILITIES_KEY} must be an object")
+    client_info = meta.get(CLIENT_INFO_KEY)
+    return Envelope(version, capabilities, client_info if isinstance(client_info, dict) else {})
+
+
+ENVELOPE_KEYS = frozenset(
+    {PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY, CLIENT_INFO_KEY, "io.modelcontextprotocol/logLevel"}
+)
+
+
+def for_legacy_backend(params: dict[str, Any]) -> dict[str, Any]:
+    """A modern request's params as a backend in a handshake session expects them: without the envelope.
+
+    A legacy session already told the backend who the client is; servers that speak both eras refuse the
+    modern envelope on a handshake connection.
+    """
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or not ENVELOPE_KEYS.intersection(meta):
+        return params
+    kept = {key: value for key, value in meta.items() if key not in ENVELOPE_KEYS}
+    trimmed = {key: value for key, value in params.items() if key != "_meta"}
+    if kept:
+        trimmed["_meta"] = kept
+    return trimmed
+
+
+def complete_result(method: str, result: dict[str, Any], server_info: dict[str, Any]) -> dict[str, Any]:
+    """Give a result the fields the modern era requires of it, keeping whatever it already says.
+
+    Where nothing said how long a result may be cached, it is immediately stale and private: a legacy
+    backend gives no caching directives, and the aggregate is no more cacheable than its parts.
+    """
+    completed = dict(result)
+    completed.setdefault("resultType", "complete")
+    if method in CACHEABLE_METHODS:
+        completed.setdefault("ttlMs", 0)
+        completed.setdefault("cacheScope", "private")
+    meta = completed.get("_meta")
+    completed["_meta"] = {**(meta if isinstance(meta, dict) else {}), SERVER_INFO_KEY: server_info}
+    return completed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from proxy import jsonrpc
+from proxy import eras, jsonrpc
 from proxy.chain import Context, Route
 from proxy.errors import InvalidParams, PorticoError
 from proxy.jsonrpc import Message
@@ -100,7 +100,7 @@ class Forwarder:
 
 def _with_own_name(method: str, params: dict[str, Any], route: Route) -> dict[str, Any]:
     # A copy: the client's message stays as it was for plugins that look at it on the way back.
-    own = dict(params)
+    own = eras.for_legacy_backend(dict(params))
     if method in ("tools/call", "prompts/get"):
         own["name"] = route.name
     elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):

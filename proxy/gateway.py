@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from proxy import __version__, jsonrpc
+from proxy import __version__, eras, jsonrpc
 from proxy.backend import Backend
 from proxy.chain import Chain, Context, Direction, NamedPlugin, Route
 from proxy.config import GatewayConfig
@@ -140,7 +140,10 @@ class Gateway:
     ) -> Context:
         backend = self.backends.get(route.backend) if route else None
         seconds = backend.config.timeout_seconds if backend else _DEFAULT_DEADLINE_SECONDS
-        return Context(session, direction, message.get("method", ""), route, time.monotonic() + seconds)
+        deadline = time.monotonic() + seconds
+        return Context(
+            session, direction, message.get("method", ""), route, deadline, session.protocol_version
+        )
 
     def resolve(self, method: str, params: dict[str, Any]) -> Route | None:
         return self.forwarder.resolve(self.catalog, method, params)
@@ -161,6 +164,17 @@ class Gateway:
                 if kind in offered:
                     caps[kind] = {}
         return caps
+
+    def discover(self) -> dict[str, Any]:
+        """The modern era's ``server/discover``: what the aggregate offers and which versions it speaks."""
+        result: dict[str, Any] = {
+            "supportedVersions": list(eras.SUPPORTED_VERSIONS),
+            "capabilities": self.capabilities(),
+        }
+        instructions = self.instructions()
+        if instructions:
+            result["instructions"] = instructions
+        return result
 
     def instructions(self) -> str | None:
         parts = [f"## {b.name}\n{b.instructions}" for b in self.live_backends() if b.instructions]
@@ -183,6 +197,8 @@ class Gateway:
             return jsonrpc.result(request_id, self.pager.page(self.catalog, method, params))
         if method == "ping":
             return jsonrpc.result(request_id, {})
+        if method == "server/discover":
+            return jsonrpc.result(request_id, self.discover())
         if method == "initialize":
             return jsonrpc.result(request_id, session.initialize(params))
         if method == "logging/setLevel":

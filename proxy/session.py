@@ -19,7 +19,7 @@ import orjson
 
 from proxy import eras, jsonrpc
 from proxy.chain import Context, Direction
-from proxy.errors import InvalidRequest, PorticoError
+from proxy.errors import InvalidRequest, MethodNotFound, PorticoError
 from proxy.jsonrpc import Kind, Message, RequestId
 
 if TYPE_CHECKING:
@@ -137,7 +137,11 @@ class Session:
             raise InvalidRequest(
                 f"Invalid Request: id {message['id']!r} is already used by a request in flight"
             )
-        if not self.protocol_version and message["method"] not in _BEFORE_INITIALIZE:
+        if (
+            not self.protocol_version
+            and message["method"] not in _BEFORE_INITIALIZE
+            and not eras.is_modern(message)
+        ):
             raise InvalidRequest("Invalid Request: the session is not initialized; send initialize first")
 
     def _track(self, request_id: RequestId, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -160,6 +164,8 @@ class Session:
             await self._respond(reply)
 
     async def _answer(self, message: Message) -> Message | None:
+        if eras.is_modern(message):
+            return await self._answer_modern(message)
         params = jsonrpc.params_of(message)
         meta = params.get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("progressToken"), str | int):
@@ -167,6 +173,25 @@ class Session:
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
         return await self.gateway.to_backend.dispatch(ctx, message)
+
+    async def _answer_modern(self, message: Message) -> Message | None:
+        """A 2026-07-28 request: its own ``_meta`` says who is asking; the result gets the modern fields."""
+        params = jsonrpc.params_of(message)
+        try:
+            envelope = eras.envelope(params)
+            if message["method"] in eras.LEGACY_ONLY_METHODS:
+                raise MethodNotFound(
+                    f"Method not found: {message['method']} is not part of {envelope.version}"
+                )
+        except PorticoError as exc:
+            return jsonrpc.error_from(message["id"], exc)
+        route = self.gateway.resolve(message["method"], params)
+        ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
+        ctx.protocol_version = envelope.version
+        reply = await self.gateway.to_backend.dispatch(ctx, message)
+        if reply is not None and isinstance(reply.get("result"), dict):
+            reply["result"] = eras.complete_result(message["method"], reply["result"], self.gateway.info)
+        return reply
 
     async def _dispatch_notification(self, message: Message) -> None:
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, None)
