@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,22 @@ SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+VERSION_HEADER = "MCP-Protocol-Version"
+METHOD_HEADER = "Mcp-Method"
+NAME_HEADER = "Mcp-Name"
+# Methods whose named target is mirrored in the Mcp-Name header, and the param that holds it.
+NAME_BEARING_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# The HTTP status of a modern-era error reply; any other error travels with 200.
+HTTP_STATUS_OF_ERROR = {
+    -32700: 400,
+    -32600: 400,
+    -32602: 400,
+    HEADER_MISMATCH: 400,
+    -32021: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    -32601: 404,
+}
 
 # Methods of the legacy era that the modern one removed (subscriptions/listen and per-request _meta
 # replace them).
@@ -89,9 +108,16 @@ def is_modern(message: dict[str, Any]) -> bool:
     return isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta and message.get("method") != "initialize"
 
 
-def envelope(params: dict[str, Any]) -> Envelope:
-    """Validate a modern request's ``_meta``: -32602 for a missing key, -32022 for a version not spoken."""
-    meta = params.get("_meta")
+def envelope(message: dict[str, Any], headers: Mapping[str, str] | None = None) -> Envelope:
+    """Validate a modern request, in the specification's order; the first failure wins.
+
+    1. ``params._meta`` carries the protocol version and the client capabilities (else -32602);
+    2. over HTTP, ``MCP-Protocol-Version``, ``Mcp-Method`` and ``Mcp-Name`` agree with the body (else
+       -32020), so a client that disagrees with itself is told so before anything else;
+    3. the version is one the gateway speaks (else -32022, with the supported list).
+    """
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
     if not isinstance(meta, dict):
         needed = f"{PROTOCOL_VERSION_KEY!r} and {CLIENT_CAPABILITIES_KEY!r}"
         raise InvalidParams(f"Invalid params: params._meta must be an object carrying {needed}")
@@ -99,6 +125,8 @@ def envelope(params: dict[str, Any]) -> Envelope:
     if missing:
         raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}")
     version, capabilities = meta[PROTOCOL_VERSION_KEY], meta[CLIENT_CAPABILITIES_KEY]
+    if headers is not None:
+        _check_headers(message, version, headers)
     if not isinstance(version, str):
         raise InvalidParams(f"Invalid params: {PROTOCOL_VERSION_KEY} must be a string")
     if version not in MODERN_VERSIONS:
@@ -110,6 +138,37 @@ def envelope(params: dict[str, Any]) -> Envelope:
         raise InvalidParams(f"Invalid params: {CLIENT_CAPABILITIES_KEY} must be an object")
     client_info = meta.get(CLIENT_INFO_KEY)
     return Envelope(version, capabilities, client_info if isinstance(client_info, dict) else {})
+
+
+def _check_headers(message: dict[str, Any], version: object, headers: Mapping[str, str]) -> None:
+    if headers.get(VERSION_HEADER) != version:
+        raise HeaderMismatch(
+            f"Header mismatch: {VERSION_HEADER} does not match params._meta's protocol version"
+        )
+    if headers.get(METHOD_HEADER) != message.get("method"):
+        raise HeaderMismatch(f"Header mismatch: {METHOD_HEADER} does not match the body's method")
+    name_key = NAME_BEARING_METHODS.get(str(message.get("method")))
+    if name_key is not None:
+        value = message["params"].get(name_key)
+        if value is not None and decode_header_value(headers.get(NAME_HEADER)) != value:
+            raise HeaderMismatch(f"Header mismatch: {NAME_HEADER} does not match the body's {name_key!r}")
+
+
+def decode_header_value(value: str | None) -> str | None:
+    """A header value as sent, or decoded from the ``=?base64?...?=`` form used for unsafe characters.
+
+    A malformed encoding decodes to None, so it can never match a body value by accident.
+    """
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    payload = value[len("=?base64?") : -len("?=")]
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded).decode("ascii") != payload:
+            return None
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 ENVELOPE_KEYS = frozenset(

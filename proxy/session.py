@@ -164,12 +164,12 @@ class Session:
             await self._respond(reply)
 
     async def _answer(self, message: Message) -> Message | None:
-        if eras.is_modern(message):
-            return await self._answer_modern(message)
         params = jsonrpc.params_of(message)
         meta = params.get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("progressToken"), str | int):
             self._progress_owners[meta["progressToken"]] = message["id"]
+        if eras.is_modern(message):
+            return await self._answer_modern(message)
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
         return await self.gateway.to_backend.dispatch(ctx, message)
@@ -178,7 +178,7 @@ class Session:
         """A 2026-07-28 request: its own ``_meta`` says who is asking; the result gets the modern fields."""
         params = jsonrpc.params_of(message)
         try:
-            envelope = eras.envelope(params)
+            envelope = eras.envelope(message)
             if message["method"] in eras.LEGACY_ONLY_METHODS:
                 raise MethodNotFound(
                     f"Method not found: {message['method']} is not part of {envelope.version}"

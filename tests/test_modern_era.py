@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import pytest
+from mcp import Client
 
 from tests.conftest import StartGateway, everything
 from tests.rawclient import RpcError
@@ -69,3 +72,115 @@ async def test_one_socket_serves_both_eras(start_gateway: StartGateway) -> None:
     assert "resultType" not in legacy
     assert modern["resultType"] == "complete"
     assert [t["name"] for t in legacy["tools"]] == [t["name"] for t in modern["tools"]]
+
+
+# -- over Streamable HTTP --------------------------------------------------------------------------------
+
+
+def modern_post(name: str | None = None, method: str = "tools/call", **overrides: str) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    headers.update(overrides)
+    return headers
+
+
+def request(method: str, params: dict[str, Any], request_id: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": meta()}}
+
+
+async def test_the_sdk_client_picks_the_modern_era_over_http(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with Client(str(gw.server.make_url("/mcp"))) as client:
+        assert "ev_add" in {t.name for t in (await client.list_tools()).tools}
+        added = await client.call_tool("ev_add", {"a": 20, "b": 22})
+        assert added.content[0].text == "42"  # type: ignore[union-attr]
+        await client.call_tool("ev_slow", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress)
+    assert progress == [1, 2, 3]
+    assert gw.gateway.sessions == {}
+
+
+async def test_modern_http_checks_headers_against_the_body(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    url = gw.server.make_url("/mcp")
+    call = request("tools/call", {"name": "ev_echo", "arguments": {"text": "h"}})
+    async with gw.http.post(url, json=call, headers=modern_post("ev_echo")) as ok:
+        assert ok.status == 200
+        body = await ok.json()
+        assert body["result"]["content"][0]["text"] == "h" and body["result"]["resultType"] == "complete"
+        assert "Mcp-Session-Id" not in ok.headers
+    encoded = "=?base64?ZXZfZWNobw==?="  # "ev_echo"
+    async with gw.http.post(url, json=call, headers=modern_post(encoded)) as decoded:
+        assert decoded.status == 200
+    mismatches = [
+        modern_post("ev_add"),
+        modern_post("ev_echo", method="tools/list"),
+        modern_post("ev_echo", **{"MCP-Protocol-Version": "2026-07-29"}),
+    ]
+    for headers in mismatches:
+        async with gw.http.post(url, json=call, headers=headers) as refused:
+            assert refused.status == 400
+            assert (await refused.json())["error"]["code"] == -32020
+
+
+async def test_modern_http_errors_carry_the_prescribed_status(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    url = gw.server.make_url("/mcp")
+    future = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": meta("2030-01-01")}}
+    headers = modern_post(method="tools/list", **{"MCP-Protocol-Version": "2030-01-01"})
+    async with gw.http.post(url, json=future, headers=headers) as unsupported:
+        assert unsupported.status == 400
+        error = (await unsupported.json())["error"]
+        assert error["code"] == -32022 and error["data"]["supported"] == [MODERN]
+    bare = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}}
+    async with gw.http.post(url, json=bare, headers=modern_post(method="tools/list")) as no_meta:
+        assert no_meta.status == 400 and (await no_meta.json())["error"]["code"] == -32602
+    unknown = request("no/such", {})
+    async with gw.http.post(url, json=unknown, headers=modern_post(method="no/such")) as missing:
+        assert missing.status == 404 and (await missing.json())["error"]["code"] == -32601
+    note = {"jsonrpc": "2.0", "method": "notifications/whatever", "params": {"_meta": meta()}}
+    async with gw.http.post(url, json=note, headers=modern_post(method="notifications/whatever")) as accepted:
+        assert accepted.status == 202
+    for verb in ("GET", "DELETE"):
+        async with gw.http.request(
+            verb, url, headers={"MCP-Protocol-Version": MODERN, "Accept": "text/event-stream"}
+        ) as refused:
+            assert refused.status == 405 and refused.headers["Allow"] == "POST"
+
+
+async def test_closing_the_connection_cancels_the_request_upstream(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    watcher = await gw.client()
+    before = int(
+        (await watcher.call("tools/call", {"name": "ev_was_cancelled", "arguments": {}}))["content"][0][
+            "text"
+        ]
+    )
+    url = gw.server.make_url("/mcp")
+    sleeper = request("tools/call", {"name": "ev_sleep_forever", "arguments": {}})
+    posting = asyncio.create_task(gw.http.post(url, json=sleeper, headers=modern_post("ev_sleep_forever")))
+    await asyncio.sleep(0.5)
+    posting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await posting
+    after = before
+    for _ in range(60):
+        after = int(
+            (await watcher.call("tools/call", {"name": "ev_was_cancelled", "arguments": {}}))["content"][0][
+                "text"
+            ]
+        )
+        if after > before:
+            break
+        await asyncio.sleep(0.1)
+    assert after == before + 1

@@ -25,9 +25,11 @@ from aiohttp import web
 from proxy import eras, jsonrpc
 from proxy.errors import InvalidRequest, PorticoError
 from proxy.gateway import Gateway
-from proxy.jsonrpc import Kind, Message, RequestId
+from proxy.jsonrpc import Kind, Message
 from proxy.session import Session
+from proxy.transports import http_modern
 from proxy.transports.guards import refusal
+from proxy.transports.http_channel import Exchange, HttpChannel, answer
 from proxy.transports.sse import EventStore, SseSink
 from proxy.transports.websocket import GATEWAY, handle_websocket
 
@@ -36,57 +38,6 @@ log = logging.getLogger("portico.http")
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 _BODY_SECONDS = 30.0
-
-
-class Exchange:
-    """One POSTed request waiting for its reply, and what the gateway sends the client before it."""
-
-    def __init__(self, request_id: RequestId) -> None:
-        self.request_id = request_id
-        self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
-        # Set once the reply needs a stream; the sink can change when the client resumes elsewhere.
-        self.stream = 0
-        self.sink: SseSink | None = None
-        self.done = asyncio.Event()
-
-
-class HttpChannel:
-    """The ``Channel`` of one HTTP session: replies go to their exchange, the rest to the GET stream."""
-
-    def __init__(self, store_size: int) -> None:
-        self.store = EventStore(store_size)
-        self.standalone_stream = self.store.new_stream()
-        self.standalone: SseSink | None = None
-        self.exchanges: dict[RequestId, Exchange] = {}
-        self.ended = asyncio.Event()
-        self.last_active = time.monotonic()
-
-    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
-        exchange = self.exchanges.get(request_id) if request_id is not None else None
-        if exchange is not None:
-            exchange.queue.put_nowait((frame, True))
-        else:
-            await self._to_standalone(frame)
-
-    async def send(self, frame: bytes, related: RequestId | None) -> None:
-        exchange = self.exchanges.get(related) if related is not None else None
-        if exchange is not None:
-            exchange.queue.put_nowait((frame, False))
-        else:
-            await self._to_standalone(frame)
-
-    async def _to_standalone(self, frame: bytes) -> None:
-        # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now.
-        sequence = self.store.record(self.standalone_stream, frame)
-        if self.standalone is not None and self.standalone.alive:
-            await self.standalone.write(sequence, frame)
-
-    def exchange_on(self, stream: int) -> Exchange | None:
-        return next((e for e in self.exchanges.values() if e.stream == stream), None)
-
-    def idle(self) -> bool:
-        streaming = self.standalone is not None and self.standalone.alive
-        return not self.exchanges and not streaming
 
 
 class HttpSessions:
@@ -158,6 +109,8 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         kind = jsonrpc.classify(message)
     except PorticoError as exc:
         return _error(400, jsonrpc.salvage_id(message), exc)
+    if http_modern.speaks_modern(request):
+        return await http_modern.post(request, gateway, message, kind, body)
     return await _post_message(request, gateway, message, kind, body)
 
 
@@ -195,33 +148,12 @@ async def _post_message(
     channel.exchanges[request_id] = exchange
     try:
         await session.receive(body)
-        return await _answer(request, channel, exchange, headers)
+        return await answer(request, channel, exchange, headers)
     finally:
         channel.exchanges.pop(request_id, None)
         channel.last_active = time.monotonic()
         if session_id is None and session.protocol_version is None:
             await sessions.end(session.id)
-
-
-async def _answer(
-    request: web.Request, channel: HttpChannel, exchange: Exchange, headers: dict[str, str]
-) -> web.StreamResponse:
-    frame, final = await exchange.queue.get()
-    if final:
-        return web.Response(body=frame, content_type="application/json", headers=headers)
-    # Something comes before the reply: from here on this response is an SSE stream.
-    exchange.stream = channel.store.new_stream()
-    exchange.sink = await SseSink.open(request, exchange.stream, headers)
-    response = exchange.sink.response
-    while True:
-        sequence = channel.store.record(exchange.stream, frame)
-        if exchange.sink is not None:
-            await exchange.sink.write(sequence, frame)
-        if final:
-            break
-        frame, final = await exchange.queue.get()
-    exchange.done.set()
-    return response
 
 
 async def handle_get(request: web.Request) -> web.StreamResponse:
@@ -231,6 +163,8 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
     refused = refusal(request, gateway.config.listen)
     if refused is not None:
         return refused
+    if http_modern.speaks_modern(request):
+        return http_modern.not_allowed()
     if not _accepts(request, "text/event-stream"):
         return _error(406, None, InvalidRequest("Not Acceptable: a GET needs Accept: text/event-stream"))
     found = _session(request, request.app[HTTP_SESSIONS], None)
@@ -294,6 +228,8 @@ async def handle_delete(request: web.Request) -> web.StreamResponse:
     refused = refusal(request, gateway.config.listen)
     if refused is not None:
         return refused
+    if http_modern.speaks_modern(request):
+        return http_modern.not_allowed()
     sessions = request.app[HTTP_SESSIONS]
     found = _session(request, sessions, None)
     if isinstance(found, web.Response):

@@ -1,0 +1,110 @@
+"""The pieces both eras of Streamable HTTP share: a POSTed request's exchange, and a session's channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.jsonrpc import RequestId
+from proxy.transports.sse import EventStore, SseSink
+
+NextFrame = Callable[[], Awaitable[tuple[bytes, bool] | None]]
+
+
+class Exchange:
+    """One POSTed request waiting for its reply, and what the gateway sends the client before it."""
+
+    def __init__(self, request_id: RequestId) -> None:
+        self.request_id = request_id
+        self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        # Set once the reply needs a stream; the sink can change when the client resumes elsewhere.
+        self.stream = 0
+        self.sink: SseSink | None = None
+        self.done = asyncio.Event()
+
+
+class HttpChannel:
+    """The ``Channel`` of one HTTP session: replies go to their exchange, the rest to the GET stream."""
+
+    def __init__(self, store_size: int) -> None:
+        self.store = EventStore(store_size)
+        self.standalone_stream = self.store.new_stream()
+        self.standalone: SseSink | None = None
+        self.exchanges: dict[RequestId, Exchange] = {}
+        self.ended = asyncio.Event()
+        self.last_active = time.monotonic()
+
+    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
+        exchange = self.exchanges.get(request_id) if request_id is not None else None
+        if exchange is not None:
+            exchange.queue.put_nowait((frame, True))
+        else:
+            await self._to_standalone(frame)
+
+    async def send(self, frame: bytes, related: RequestId | None) -> None:
+        exchange = self.exchanges.get(related) if related is not None else None
+        if exchange is not None:
+            exchange.queue.put_nowait((frame, False))
+        else:
+            await self._to_standalone(frame)
+
+    async def _to_standalone(self, frame: bytes) -> None:
+        # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now.
+        sequence = self.store.record(self.standalone_stream, frame)
+        if self.standalone is not None and self.standalone.alive:
+            await self.standalone.write(sequence, frame)
+
+    def exchange_on(self, stream: int) -> Exchange | None:
+        return next((e for e in self.exchanges.values() if e.stream == stream), None)
+
+    def idle(self) -> bool:
+        streaming = self.standalone is not None and self.standalone.alive
+        return not self.exchanges and not streaming
+
+
+async def answer(
+    request: web.Request,
+    channel: HttpChannel,
+    exchange: Exchange,
+    headers: dict[str, str],
+    *,
+    next_frame: NextFrame | None = None,
+    status_of: Callable[[bytes], int] | None = None,
+) -> web.StreamResponse:
+    """Answer a POSTed request: JSON if the reply comes first, else an SSE stream that ends with it.
+
+    ``next_frame`` may end the wait early (returning None), as the modern era does when the client goes;
+    ``status_of`` picks the HTTP status of a JSON reply.
+    """
+    take = next_frame or _queue_reader(exchange)
+    item = await take()
+    if item is None:
+        return web.Response(status=499)
+    frame, final = item
+    if final:
+        status = status_of(frame) if status_of else 200
+        return web.Response(status=status, body=frame, content_type="application/json", headers=headers)
+    # Something comes before the reply: from here on this response is an SSE stream.
+    exchange.stream = channel.store.new_stream()
+    exchange.sink = await SseSink.open(request, exchange.stream, headers)
+    response = exchange.sink.response
+    while item is not None:
+        frame, final = item
+        sequence = channel.store.record(exchange.stream, frame)
+        if exchange.sink is not None:
+            await exchange.sink.write(sequence, frame)
+        if final:
+            break
+        item = await take()
+    exchange.done.set()
+    return response
+
+
+def _queue_reader(exchange: Exchange) -> NextFrame:
+    async def take() -> tuple[bytes, bool] | None:
+        return await exchange.queue.get()
+
+    return take
