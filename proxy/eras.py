@@ -52,6 +52,8 @@ HTTP_STATUS_OF_ERROR = {
 LEGACY_ONLY_METHODS = frozenset(
     {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
 )
+# Severity levels of MCP logging, least severe first.
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 # Results that carry caching directives in the modern era.
 CACHEABLE_METHODS = frozenset(
     {

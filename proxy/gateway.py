@@ -46,7 +46,6 @@ _LIST_CHANGED_FOR = {
     "resources": "notifications/resources/list_changed",
     "resourceTemplates": "notifications/resources/list_changed",
 }
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 class Gateway:
@@ -220,13 +219,13 @@ class Gateway:
 
     async def _set_log_level(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         level = params.get("level")
-        if level not in LOG_LEVELS:
-            raise InvalidParams(f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        if level not in eras.LOG_LEVELS:
+            raise InvalidParams(f"Invalid params: level must be one of {', '.join(eras.LOG_LEVELS)}")
         session.log_level = level
         # A shared backend logs for everyone, so it gets the most verbose level any session asked for;
         # each session then receives only what it asked for.
         levels = [s.log_level for s in self.sessions.values() if s.log_level]
-        shared_level = min(levels, key=LOG_LEVELS.index) if levels else level
+        shared_level = min(levels, key=eras.LOG_LEVELS.index) if levels else level
         calls = [
             b.call(session, "logging/setLevel", {"level": level if not b.shared else shared_level}, 10.0)
             for b in self.live_backends()

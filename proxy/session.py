@@ -44,7 +44,6 @@ class Channel(Protocol):
         ...
 
 
-_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 # Before the handshake only these may be used (the specification allows ping at any time).
 _BEFORE_INITIALIZE = frozenset({"initialize", "ping"})
 
@@ -269,7 +268,8 @@ class Session:
         if message["method"] != "notifications/message" or self.log_level is None:
             return True
         level = jsonrpc.params_of(message).get("level")
-        return level not in _LOG_LEVELS or _LOG_LEVELS.index(level) >= _LOG_LEVELS.index(self.log_level)
+        levels = eras.LOG_LEVELS
+        return level not in levels or levels.index(level) >= levels.index(self.log_level)
 
     def post(self, ctx: Context, message: Message) -> None:
         """Queue a backend notification; one courier task delivers them in the order they came."""
