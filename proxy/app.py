@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.gateway import Gateway
 from proxy.transports import legacy_sse
@@ -13,11 +16,29 @@ from proxy.transports.http import HTTP_SESSIONS, HttpSessions, handle_delete, ha
 from proxy.transports.websocket import GATEWAY, OPEN_SOCKETS, close_open_sockets
 
 
+class QuietBadRequests(logging.Filter):
+    """aiohttp answers malformed HTTP with 400 itself, but logs each with a traceback at ERROR, so one
+    hostile client could flood the operator's log. Such a record becomes one line at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError | RequestPayloadError | ConnectionResetError):
+            record.msg, record.args, record.exc_info = "refused a malformed HTTP request: %s", (error,), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_QUIET = QuietBadRequests()
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 def build_app(gateway: Gateway) -> web.Application:
+    server_log = logging.getLogger("aiohttp.server")
+    if _QUIET not in server_log.filters:
+        server_log.addFilter(_QUIET)
     app = web.Application(client_max_size=gateway.config.listen.max_message_bytes)
     app[GATEWAY] = gateway
     app[OPEN_SOCKETS] = weakref.WeakSet()

@@ -43,6 +43,10 @@ class Channel(Protocol):
         """Carry a request or notification for the client, related to one of its requests if known."""
         ...
 
+    def finished(self, request_id: RequestId) -> None:
+        """The client's request ``request_id`` is over, answered or not (a cancelled one gets no reply)."""
+        ...
+
 
 # Before the handshake only these may be used (the specification allows ping at any time).
 _BEFORE_INITIALIZE = frozenset({"initialize", "ping"})
@@ -153,6 +157,7 @@ class Session:
     def _forget(self, request_id: RequestId, task: asyncio.Task[Any]) -> None:
         if self._inflight.get(request_id) is task:
             del self._inflight[request_id]
+        self._channel.finished(request_id)
         if self._progress_owners:
             for token in [t for t, owner in self._progress_owners.items() if owner == request_id]:
                 del self._progress_owners[token]

@@ -45,10 +45,15 @@ def host_allowed(host: str | None, listen: ListenConfig) -> bool:
 def refusal(request: web.Request, listen: ListenConfig) -> web.Response | None:
     """A 403 for a foreign Origin or Host, or None when the request may proceed."""
     if not origin_allowed(request.headers.get("Origin"), listen.allowed_origins):
-        return web.json_response({"error": "origin not allowed"}, status=403)
+        return _forbidden("Forbidden: this Origin is not allowed")
     if not host_allowed(request.headers.get("Host"), listen):
-        return web.json_response({"error": "host not allowed"}, status=403)
+        return _forbidden("Forbidden: this Host is not allowed")
     return None
+
+
+def _forbidden(message: str) -> web.Response:
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
+    return web.json_response(body, status=403)
 
 
 def _bare(host: str | None) -> str:

@@ -21,6 +21,8 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import eras, jsonrpc
 from proxy.errors import InvalidRequest, PorticoError
@@ -99,6 +101,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
             body = await request.read()
     except TimeoutError:
         return _error(408, None, InvalidRequest("Request Timeout: the body did not arrive in time"))
+    except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+        # A body that is cut off or wrongly encoded: the client's fault, said plainly, no traceback.
+        return _error(400, None, InvalidRequest(f"Bad Request: the body could not be read ({exc})"))
     message: Any = None
     try:
         message = jsonrpc.loads(body)
@@ -146,13 +151,33 @@ async def _post_message(
         )
     exchange = Exchange(request_id)
     channel.exchanges[request_id] = exchange
+    new = session_id is None
+    # The exchange runs in a task of its own: in this era a broken connection does not cancel the
+    # request, and its events must stay on its stream (for Last-Event-ID) even if the handler is cancelled.
+    relay = asyncio.get_running_loop().create_task(
+        _relay(request, sessions, session, channel, exchange, body, headers, new)
+    )
+    return await asyncio.shield(relay)
+
+
+async def _relay(
+    request: web.Request,
+    sessions: HttpSessions,
+    session: Session,
+    channel: HttpChannel,
+    exchange: Exchange,
+    body: bytes,
+    headers: dict[str, str],
+    new: bool,
+) -> web.StreamResponse:
     try:
         await session.receive(body)
-        return await answer(request, channel, exchange, headers)
+        # A failed initialize leaves no session behind, so its reply names none.
+        return await answer(request, channel, exchange, lambda: headers if session.protocol_version else {})
     finally:
-        channel.exchanges.pop(request_id, None)
+        channel.exchanges.pop(exchange.request_id, None)
         channel.last_active = time.monotonic()
-        if session_id is None and session.protocol_version is None:
+        if new and session.protocol_version is None:
             await sessions.end(session.id)
 
 
@@ -190,13 +215,17 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
 async def _standalone(
     request: web.Request, channel: HttpChannel, headers: dict[str, str], after: int
 ) -> web.StreamResponse:
-    if channel.standalone is not None and channel.standalone.alive:
+    if channel.standalone is not None and channel.standalone.check_alive():
         return _error(409, None, InvalidRequest("Conflict: this session already has an open GET stream"))
     sink = await SseSink.open(request, channel.standalone_stream, headers)
-    if after:
-        await _catch_up(sink, channel.store, channel.standalone_stream, after)
-    channel.standalone = sink
-    await sink.keep_alive_until(channel.ended)
+    try:
+        if after:
+            await _catch_up(sink, channel.store, channel.standalone_stream, after)
+        channel.standalone = sink
+        await sink.keep_alive_until(channel.ended)
+    finally:
+        # However the handler ends (the peer left, or aiohttp cancelled it), this stream is over.
+        sink.alive = False
     return sink.response
 
 
@@ -209,7 +238,10 @@ async def _resume_exchange(
     if exchange is not None and not exchange.done.is_set():
         # No await between the last catch-up and taking over, so no event can fall in between.
         exchange.sink = sink
-        await sink.keep_alive_until(exchange.done)
+        try:
+            await sink.keep_alive_until(exchange.done)
+        finally:
+            sink.alive = False
     return sink.response
 
 

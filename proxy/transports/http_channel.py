@@ -19,7 +19,9 @@ class Exchange:
 
     def __init__(self, request_id: RequestId) -> None:
         self.request_id = request_id
+        # (frame, is the reply); an empty frame marked as the reply ends the exchange without one.
         self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        self.answered = False
         # Set once the reply needs a stream; the sink can change when the client resumes elsewhere.
         self.stream = 0
         self.sink: SseSink | None = None
@@ -40,6 +42,7 @@ class HttpChannel:
     async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
         exchange = self.exchanges.get(request_id) if request_id is not None else None
         if exchange is not None:
+            exchange.answered = True
             exchange.queue.put_nowait((frame, True))
         else:
             await self._to_standalone(frame)
@@ -51,6 +54,13 @@ class HttpChannel:
         else:
             await self._to_standalone(frame)
 
+    def finished(self, request_id: RequestId) -> None:
+        # A request cancelled by the client or by the session's end gets no reply; its POST must end too.
+        exchange = self.exchanges.get(request_id)
+        if exchange is not None and not exchange.answered:
+            exchange.answered = True
+            exchange.queue.put_nowait((b"", True))
+
     async def _to_standalone(self, frame: bytes) -> None:
         # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now.
         sequence = self.store.record(self.standalone_stream, frame)
@@ -61,7 +71,7 @@ class HttpChannel:
         return next((e for e in self.exchanges.values() if e.stream == stream), None)
 
     def idle(self) -> bool:
-        streaming = self.standalone is not None and self.standalone.alive
+        streaming = self.standalone is not None and self.standalone.check_alive()
         return not self.exchanges and not streaming
 
 
@@ -69,7 +79,7 @@ async def answer(
     request: web.Request,
     channel: HttpChannel,
     exchange: Exchange,
-    headers: dict[str, str],
+    headers_for: Callable[[], dict[str, str]],
     *,
     next_frame: NextFrame | None = None,
     status_of: Callable[[bytes], int] | None = None,
@@ -77,13 +87,17 @@ async def answer(
     """Answer a POSTed request: JSON if the reply comes first, else an SSE stream that ends with it.
 
     ``next_frame`` may end the wait early (returning None), as the modern era does when the client goes;
-    ``status_of`` picks the HTTP status of a JSON reply.
+    ``status_of`` picks the HTTP status of a JSON reply; ``headers_for`` is asked once the first frame
+    is there (an ``initialize`` names its session only if it succeeded).
     """
     take = next_frame or _queue_reader(exchange)
     item = await take()
     if item is None:
         return web.Response(status=499)
+    headers = headers_for()
     frame, final = item
+    if final and not frame:
+        return web.Response(status=204, headers=headers)  # cancelled: no reply, as the specification says
     if final:
         status = status_of(frame) if status_of else 200
         return web.Response(status=status, body=frame, content_type="application/json", headers=headers)
@@ -93,9 +107,10 @@ async def answer(
     response = exchange.sink.response
     while item is not None:
         frame, final = item
-        sequence = channel.store.record(exchange.stream, frame)
-        if exchange.sink is not None:
-            await exchange.sink.write(sequence, frame)
+        if frame:
+            sequence = channel.store.record(exchange.stream, frame)
+            if exchange.sink is not None:
+                await exchange.sink.write(sequence, frame)
         if final:
             break
         item = await take()

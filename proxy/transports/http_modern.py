@@ -56,7 +56,7 @@ async def post(
     try:
         await session.receive(body)
         next_frame = _until_disconnect(request, exchange, session)
-        return await answer(request, channel, exchange, {}, next_frame=next_frame, status_of=_status_of)
+        return await answer(request, channel, exchange, dict, next_frame=next_frame, status_of=_status_of)
     finally:
         await asyncio.shield(gateway.end_session(session))
 

@@ -34,6 +34,9 @@ class SseChannel:
     async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
         await self.sink.write_event("message", frame)
 
+    def finished(self, request_id: RequestId) -> None:
+        return None  # one stream for everything: nothing to close per request
+
     async def send(self, frame: bytes, related: RequestId | None) -> None:
         await self.sink.write_event("message", frame)
 

@@ -82,6 +82,13 @@ class SseSink:
         await response.prepare(request)
         return cls(request, response, stream)
 
+    def check_alive(self) -> bool:
+        """Whether the peer is still there, looking at the connection itself rather than the last write."""
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            self.alive = False
+        return self.alive
+
     async def write(self, sequence: int, frame: bytes) -> None:
         async with self._lock:
             if not self.alive or sequence <= self._last_sequence:
@@ -114,10 +121,9 @@ class SseSink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PEER_CHECK_SECONDS):
                     await done.wait()
-            transport = self.request.transport
-            if transport is None or transport.is_closing():
-                self.alive = False
-            elif not done.is_set() and time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+            if not self.check_alive():
+                break
+            if not done.is_set() and time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
                 await self._comment()
                 quiet_since = time.monotonic()
 

@@ -36,6 +36,9 @@ class WebSocketChannel:
     async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
         await self.ws.send_frame(frame, WSMsgType.TEXT)
 
+    def finished(self, request_id: RequestId) -> None:
+        return None  # one stream for everything: nothing to close per request
+
     async def send(self, frame: bytes, related: RequestId | None) -> None:
         await self.ws.send_frame(frame, WSMsgType.TEXT)
 
