@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from proxy.errors import ConfigError
 
@@ -72,20 +82,45 @@ class StdioBackendConfig(_BackendBase):
     cwd: str | None = None
 
 
+_SCHEMES = {
+    "websocket": ("ws://", "wss://"),
+    "streamable-http": ("http://", "https://"),
+    "sse": ("http://", "https://"),
+}
+
+
 class RemoteBackendConfig(_BackendBase):
+    # Client configs call this ``type`` (and say "http" for Streamable HTTP); every spelling is accepted.
+    # Without one, the URL's scheme decides: ws:// is WebSocket, http:// Streamable HTTP.
+    transport: Literal["websocket", "streamable-http", "sse"] | None = Field(None, alias="type")
     url: str
-    # Client configs call this ``type``; both spellings are accepted.
-    transport: Literal["websocket"] = Field("websocket", alias="type")
     headers: dict[str, str] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _client_spellings(cls, value: Any) -> Any:
+        return {"http": "streamable-http", "streamableHttp": "streamable-http", "ws": "websocket"}.get(
+            value, value
+        )
+
     @field_validator("url")
     @classmethod
-    def _websocket_scheme(cls, url: str) -> str:
-        if not url.startswith(("ws://", "wss://")):
-            raise ValueError("a websocket backend needs a ws:// or wss:// URL")
+    def _fits_transport(cls, url: str, info: ValidationInfo) -> str:
+        transport = info.data.get("transport")
+        schemes = _SCHEMES.get(transport or "", ("ws://", "wss://", "http://", "https://"))
+        if not url.startswith(schemes):
+            what = f"a {transport} backend" if transport else "a remote backend"
+            raise ValueError(f"{what} needs a {' or '.join(schemes)} URL, not {url!r}")
         return url
+
+    @model_validator(mode="after")
+    def _transport_from_scheme(self) -> RemoteBackendConfig:
+        if self.transport is None:
+            inferred = "websocket" if self.url.startswith(("ws://", "wss://")) else "streamable-http"
+            object.__setattr__(self, "transport", inferred)
+        return self
 
 
 def _backend_kind(data: Any) -> str:

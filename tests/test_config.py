@@ -231,16 +231,38 @@ def test_type_is_accepted_for_transport(tmp_path: Path) -> None:
 
 
 def test_an_unsupported_transport_is_an_error(tmp_path: Path) -> None:
-    message = error_of(tmp_path, "mcpServers:\n  r:\n    type: sse\n    url: ws://h:1/mcp\n")
+    message = error_of(tmp_path, "mcpServers:\n  r:\n    type: carrier-pigeon\n    url: ws://h:1/mcp\n")
     assert "mcpServers.r.type" in message
-    assert "websocket" in message
+    assert "websocket" in message and "streamable-http" in message and "sse" in message
 
 
 @pytest.mark.parametrize("name", ["api", "remote"])
 def test_http_url_for_a_websocket_backend_is_an_error(tmp_path: Path, name: str) -> None:
-    message = error_of(tmp_path, f"mcpServers:\n  {name}:\n    url: http://h:1/mcp\n")
+    message = error_of(tmp_path, f"mcpServers:\n  {name}:\n    type: websocket\n    url: http://h:1/mcp\n")
     assert f"mcpServers.{name}.url" in message, message
     assert "ws://" in message
+
+
+@pytest.mark.parametrize(
+    ("entry", "transport"),
+    [
+        ("url: ws://h:1/mcp", "websocket"),
+        ("url: http://h:1/mcp", "streamable-http"),
+        ("{url: http://h:1/mcp, type: http}", "streamable-http"),
+        ("{url: https://h/sse, type: sse}", "sse"),
+    ],
+)
+def test_the_transport_follows_the_type_or_the_url(tmp_path: Path, entry: str, transport: str) -> None:
+    text = f"mcpServers:\n  r: {entry if entry.startswith('{') else '{' + entry + '}'}\n"
+    path = tmp_path / "portico.yaml"
+    path.write_text(text)
+    backend = config.load(path).mcpServers["r"]
+    assert isinstance(backend, config.RemoteBackendConfig) and backend.transport == transport
+
+
+def test_an_sse_backend_needs_an_http_url(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "mcpServers:\n  r:\n    type: sse\n    url: ws://h:1/mcp\n")
+    assert "mcpServers.r.url" in message and "http://" in message
 
 
 @pytest.mark.parametrize("name", ["stdio", "remote"])

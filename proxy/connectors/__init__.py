@@ -8,6 +8,8 @@ import aiohttp
 
 from proxy.config import RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors.base import Connector
+from proxy.connectors.http import StreamableHttpConnector
+from proxy.connectors.sse import SseConnector
 from proxy.connectors.stdio import StdioConnector
 from proxy.connectors.websocket import WebSocketConnector
 
@@ -23,4 +25,7 @@ def make_connector(
 ) -> Connector:
     if isinstance(config, StdioBackendConfig):
         return StdioConnector(backend, config, base_dir)
-    return WebSocketConnector(backend, config, http)
+    remote = {"streamable-http": StreamableHttpConnector, "sse": SseConnector}.get(
+        config.transport or "", WebSocketConnector
+    )
+    return remote(backend, config, http)

@@ -59,6 +59,10 @@ class Connector(abc.ABC):
         if not isinstance(message, dict):
             self.log.warning("ignored a frame that is not a JSON-RPC object: %.200r", raw)
             return
+        self._deliver(message)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        """Hand one parsed message up; a connector that needs to look at replies first overrides this."""
         self._on_message(message)
 
     def _report_closed(self, reason: str) -> None:

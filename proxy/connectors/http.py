@@ -1,0 +1,163 @@
+"""Backends reached over Streamable HTTP (the session era: one POST per message).
+
+A POSTed request is answered with JSON or with an SSE stream that ends with the reply (and may carry the
+backend's own requests and notifications first); notifications and responses get 202. The backend's
+``Mcp-Session-Id`` is kept here and never shown to clients. After the handshake a GET stream carries what
+the backend sends on its own (``list_changed``, ``resources/updated``), resumed with ``Last-Event-ID``
+when it breaks. HTTP failures become JSON-RPC errors for the request they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy import jsonrpc
+from proxy.config import RemoteBackendConfig
+from proxy.connectors.base import Connector
+from proxy.connectors.sse_events import read_events
+from proxy.errors import BackendUnavailable, ErrorCode
+
+_CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+_CLOSE_SECONDS = 3.0
+_RECONNECT_SECONDS = 1.0
+
+
+class StreamableHttpConnector(Connector):
+    transport = "streamable-http"
+
+    def __init__(self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession) -> None:
+        super().__init__(backend)
+        self.config = config
+        self.http = http
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        self._initialize_id: Any = None
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _open(self) -> None:
+        # Nothing to connect: the first POST (initialize) opens the session.
+        return None
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {**self.config.headers, "Accept": accept}
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.protocol_version:
+            headers["MCP-Protocol-Version"] = self.protocol_version
+        return headers
+
+    async def send(self, data: bytes) -> None:
+        if self._closed:
+            raise BackendUnavailable(f"backend {self.backend!r} is closed")
+        message = orjson.loads(data)
+        if message.get("method") == "initialize":
+            self._initialize_id = message.get("id")
+        headers = self._headers("application/json, text/event-stream") | {"Content-Type": "application/json"}
+        try:
+            response = await self.http.post(self.config.url, data=data, headers=headers, timeout=_CONNECT)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable(f"cannot reach {self.config.url}: {exc or type(exc).__name__}") from None
+        if self._initialize_id is not None and message.get("id") == self._initialize_id:
+            self.session_id = response.headers.get("Mcp-Session-Id")
+        await self._take(response, message)
+        if message.get("method") == "notifications/initialized":
+            self._spawn(self._listen())
+
+    async def _take(self, response: aiohttp.ClientResponse, sent: dict[str, Any]) -> None:
+        if response.status == 404 and self.session_id:
+            response.release()
+            self._closed = True
+            self._report_closed("the backend ended the session (404)")
+            raise BackendUnavailable(f"backend {self.backend!r} ended the session")
+        content_type = response.headers.get("Content-Type", "")
+        if response.status == 200 and content_type.startswith("text/event-stream"):
+            # Read the stream in the background: the reply comes through it when it is ready.
+            self._spawn(self._drain(response))
+            return
+        body = await self._read(response)
+        if 200 <= response.status < 300:
+            if body.strip():
+                self._received(body)
+            return
+        self._failed(sent, response.status, body)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable(f"reading from {self.config.url} failed: {exc}") from None
+        finally:
+            response.release()
+
+    def _failed(self, sent: dict[str, Any], status: int, body: bytes) -> None:
+        # An HTTP error answers the request it came back for; one carrying a JSON-RPC error says more.
+        if "id" not in sent or "method" not in sent:
+            self.log.warning("POST answered %d: %.200r", status, body)
+            return
+        with contextlib.suppress(orjson.JSONDecodeError):
+            reply = orjson.loads(body)
+            if isinstance(reply, dict) and reply.get("id") == sent["id"] and "error" in reply:
+                self._deliver(reply)
+                return
+        error = {"code": ErrorCode.BACKEND_UNAVAILABLE, "message": f"the backend answered HTTP {status}"}
+        self._deliver(jsonrpc.error(sent["id"], error))
+
+    async def _drain(self, response: aiohttp.ClientResponse) -> None:
+        try:
+            async for event in read_events(response, self.config.max_message_bytes):
+                if event.event == "message":
+                    self._received(event.data)
+        except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
+            self.log.warning("a response stream broke: %s", exc)
+        finally:
+            response.release()
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        if self._initialize_id is not None and message.get("id") == self._initialize_id:
+            result = message.get("result")
+            if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+                self.protocol_version = result["protocolVersion"]
+        super()._deliver(message)
+
+    async def _listen(self) -> None:
+        """The GET stream for what the backend sends on its own; reconnects, resuming, while open."""
+        last_event: str | None = None
+        while not self._closed:
+            headers = self._headers("text/event-stream")
+            if last_event:
+                headers["Last-Event-ID"] = last_event
+            try:
+                async with self.http.get(self.config.url, headers=headers, timeout=_CONNECT) as response:
+                    if response.status != 200:
+                        return  # 405: this backend offers no such stream
+                    async for event in read_events(response, self.config.max_message_bytes):
+                        last_event = event.id or last_event
+                        if event.event == "message":
+                            self._received(event.data)
+            except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
+                self.log.info("the GET stream broke: %s", exc)
+            await asyncio.sleep(_RECONNECT_SECONDS)
+
+    def _spawn(self, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self.session_id:
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with asyncio.timeout(_CLOSE_SECONDS):
+                    response = await self.http.delete(
+                        self.config.url, headers=self._headers("application/json")
+                    )
+                    response.release()
+        self._report_closed("closed by the gateway")

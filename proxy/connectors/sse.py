@@ -1,0 +1,95 @@
+"""Backends that speak the 2024-11-05 HTTP+SSE transport: one GET stream in, a POST per message out.
+
+The stream's first event, ``endpoint``, names where to POST; it must be on the same origin as the
+stream, so a backend cannot make the gateway send messages elsewhere. The session ends with the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from yarl import URL
+
+from proxy.config import RemoteBackendConfig
+from proxy.connectors.base import Connector
+from proxy.connectors.sse_events import SseEvent, read_events
+from proxy.errors import BackendUnavailable
+
+_CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+_ENDPOINT_SECONDS = 10.0
+
+
+class SseConnector(Connector):
+    transport = "sse"
+
+    def __init__(self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession) -> None:
+        super().__init__(backend)
+        self.config = config
+        self.http = http
+        self.endpoint: URL | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _open(self) -> None:
+        headers = {**self.config.headers, "Accept": "text/event-stream"}
+        try:
+            self._response = await self.http.get(self.config.url, headers=headers, timeout=_CONNECT)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable(f"cannot reach {self.config.url}: {exc or type(exc).__name__}") from None
+        if self._response.status != 200:
+            self._response.release()
+            raise BackendUnavailable(f"{self.config.url} answered HTTP {self._response.status}")
+        events = read_events(self._response, self.config.max_message_bytes)
+        try:
+            async with asyncio.timeout(_ENDPOINT_SECONDS):
+                first = await anext(events)
+        except (TimeoutError, StopAsyncIteration, aiohttp.ClientError, OSError):
+            self._response.release()
+            raise BackendUnavailable(f"{self.config.url} sent no endpoint event") from None
+        self.endpoint = self._endpoint_of(first)
+        self._reader = asyncio.get_running_loop().create_task(self._read(events))
+
+    def _endpoint_of(self, event: SseEvent) -> URL:
+        stream = URL(self.config.url)
+        endpoint = stream.join(URL(event.data.decode(errors="replace").strip()))
+        if event.event != "endpoint" or endpoint.origin() != stream.origin():
+            raise BackendUnavailable(f"{self.config.url} named no usable endpoint on its own origin")
+        return endpoint
+
+    async def _read(self, events: AsyncIterator[SseEvent]) -> None:
+        reason = "the event stream ended"
+        try:
+            async for event in events:
+                if event.event == "message":
+                    self._received(event.data)
+        except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
+            reason = f"the event stream broke: {exc}"
+        finally:
+            if self._response is not None:
+                self._response.release()
+        self._report_closed(reason)
+
+    async def send(self, data: bytes) -> None:
+        if self.endpoint is None or self._reader is None or self._reader.done():
+            raise BackendUnavailable(f"backend {self.backend!r} is not connected")
+        headers = {**self.config.headers, "Content-Type": "application/json"}
+        try:
+            async with self.http.post(
+                self.endpoint, data=data, headers=headers, timeout=_CONNECT
+            ) as response:
+                if response.status >= 300:
+                    raise BackendUnavailable(f"{self.endpoint} answered HTTP {response.status}")
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable(f"cannot reach {self.endpoint}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._response is not None:
+            self._response.release()
+        self._report_closed("closed by the gateway")
