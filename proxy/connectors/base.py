@@ -49,17 +49,19 @@ class Connector(abc.ABC):
     async def close(self) -> None:
         """Close the connection and release everything it holds (processes, sockets)."""
 
-    def _received(self, raw: bytes | str) -> None:
+    def _received(self, raw: bytes | str) -> dict[str, Any] | None:
+        """Parse one frame and hand it up; returns the message, or None for a frame that is not one."""
         try:
             message: Any = jsonrpc.loads(raw)
         except jsonrpc.ParseError:
             # Backends sometimes print stray text on their protocol channel; it is not a message.
             self.log.warning("ignored a frame that is not JSON: %.200r", raw)
-            return
+            return None
         if not isinstance(message, dict):
             self.log.warning("ignored a frame that is not a JSON-RPC object: %.200r", raw)
-            return
+            return None
         self._deliver(message)
+        return message
 
     def _deliver(self, message: dict[str, Any]) -> None:
         """Hand one parsed message up; a connector that needs to look at replies first overrides this."""

@@ -78,7 +78,7 @@ class StreamableHttpConnector(Connector):
         content_type = response.headers.get("Content-Type", "")
         if response.status == 200 and content_type.startswith("text/event-stream"):
             # Read the stream in the background: the reply comes through it when it is ready.
-            self._spawn(self._drain(response))
+            self._spawn(self._drain(response, sent))
             return
         body = await self._read(response)
         if 200 <= response.status < 300:
@@ -105,18 +105,24 @@ class StreamableHttpConnector(Connector):
             if isinstance(reply, dict) and reply.get("id") == sent["id"] and "error" in reply:
                 self._deliver(reply)
                 return
-        error = {"code": ErrorCode.BACKEND_UNAVAILABLE, "message": f"the backend answered HTTP {status}"}
+        what = f"the backend answered HTTP {status}" if status else "the backend's reply stream ended early"
+        error = {"code": ErrorCode.BACKEND_UNAVAILABLE, "message": what}
         self._deliver(jsonrpc.error(sent["id"], error))
 
-    async def _drain(self, response: aiohttp.ClientResponse) -> None:
+    async def _drain(self, response: aiohttp.ClientResponse, sent: dict[str, Any]) -> None:
+        answered = False
         try:
             async for event in read_events(response, self.config.max_message_bytes):
                 if event.event == "message":
-                    self._received(event.data)
+                    message = self._received(event.data)
+                    answered = answered or _answers(message, sent)
         except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
             self.log.warning("a response stream broke: %s", exc)
         finally:
             response.release()
+        if not answered and not self._closed:
+            # The stream ended without the reply (the backend died, say): its caller must not wait forever.
+            self._failed(sent, 0, b"")
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if self._initialize_id is not None and message.get("id") == self._initialize_id:
@@ -140,6 +146,11 @@ class StreamableHttpConnector(Connector):
                         last_event = event.id or last_event
                         if event.event == "message":
                             self._received(event.data)
+            except aiohttp.ClientConnectorError as exc:
+                # Nobody listens at the backend's address any more: it is gone, not just the stream.
+                self._closed = True
+                self._report_closed(f"the backend is unreachable: {exc}")
+                return
             except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
                 self.log.info("the GET stream broke: %s", exc)
             await asyncio.sleep(_RECONNECT_SECONDS)
@@ -161,3 +172,8 @@ class StreamableHttpConnector(Connector):
                     )
                     response.release()
         self._report_closed("closed by the gateway")
+
+
+def _answers(message: dict[str, Any] | None, sent: dict[str, Any]) -> bool:
+    """Whether ``message`` is the reply to the request ``sent``."""
+    return message is not None and "id" in sent and message.get("id") == sent["id"] and "method" not in message
