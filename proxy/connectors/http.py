@@ -176,4 +176,6 @@ class StreamableHttpConnector(Connector):
 
 def _answers(message: dict[str, Any] | None, sent: dict[str, Any]) -> bool:
     """Whether ``message`` is the reply to the request ``sent``."""
-    return message is not None and "id" in sent and message.get("id") == sent["id"] and "method" not in message
+    if message is None or "id" not in sent or "method" in message:
+        return False
+    return bool(message.get("id") == sent["id"])
