@@ -185,11 +185,9 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await handle_websocket(request)
     gateway = request.app[GATEWAY]
-    refused = refusal(request, gateway.config.listen)
+    refused = _session_verb_refusal(request, gateway)
     if refused is not None:
         return refused
-    if http_modern.speaks_modern(request):
-        return http_modern.not_allowed()
     if not _accepts(request, "text/event-stream"):
         return _error(406, None, InvalidRequest("Not Acceptable: a GET needs Accept: text/event-stream"))
     found = _session(request, request.app[HTTP_SESSIONS], None)
@@ -256,18 +254,23 @@ async def _catch_up(sink: SseSink, store: EventStore, stream: int, after: int) -
 
 
 async def handle_delete(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    refused = refusal(request, gateway.config.listen)
+    refused = _session_verb_refusal(request, request.app[GATEWAY])
     if refused is not None:
         return refused
-    if http_modern.speaks_modern(request):
-        return http_modern.not_allowed()
     sessions = request.app[HTTP_SESSIONS]
     found = _session(request, sessions, None)
     if isinstance(found, web.Response):
         return found
     await sessions.end(found[0].id)
     return web.Response(status=200)
+
+
+def _session_verb_refusal(request: web.Request, gateway: Gateway) -> web.Response | None:
+    """GET and DELETE: a foreign Origin or Host is 403; in the modern era, which has no sessions, 405."""
+    refused = refusal(request, gateway.config.listen)
+    if refused is None and http_modern.speaks_modern(request):
+        refused = http_modern.not_allowed()
+    return refused
 
 
 def _session(
