@@ -32,6 +32,7 @@ from proxy.upstream import UpstreamLink
 log = logging.getLogger("portico.backend")
 
 _MAX_LIST_PAGES = 1000
+_SET_LEVEL_SECONDS = 10.0
 # Capabilities a shared link declares: the gateway can route these to the calling client. Roots are
 # left out because roots belong to one client and a shared session has many.
 _SHARED_LINK_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {"form": {}}}
@@ -105,6 +106,8 @@ class Backend:
         self._progress: dict[int, tuple[str, Any]] = {}
         self._progress_ids = itertools.count(1)
         self._subscribers: dict[str, set[str]] = {}
+        # The log level each session asked for, applied when its per-client link opens.
+        self._log_levels: dict[str, str] = {}
         self._refresh_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Server-to-client requests being relayed, by (link, the backend's request id).
@@ -165,6 +168,7 @@ class Backend:
         if link is not None:
             await link.close()
         self._inflight.pop(session_id, None)
+        self._log_levels.pop(session_id, None)
 
     # -- calls -----------------------------------------------------------------------------------------
 
@@ -198,6 +202,18 @@ class Backend:
             if link is not None and not link.closed:
                 with contextlib.suppress(BackendUnavailable):
                     await link.notify(method, params)
+
+    async def set_log_level(self, session: ClientIdentity, level: str) -> None:
+        """Tell the backend how much to log. A per-client link that is not open yet gets the level when it
+        opens, rather than a process started only to hear it."""
+        if not self.shared:
+            self._log_levels[session.id] = level
+            link = self._client_links.get(session.id)
+            if link is None or link.closed:
+                return
+        reply = await self.call(session, "logging/setLevel", {"level": level}, _SET_LEVEL_SECONDS)
+        if "error" in reply:
+            log.info("backend %s refused logging/setLevel: %s", self.name, reply["error"].get("message"))
 
     async def subscribe(self, session: ClientIdentity, uri: str, timeout: float) -> Message:
         if not self.shared:
@@ -253,6 +269,10 @@ class Backend:
             await link.close()
             raise
         self._client_links[session.id] = link
+        level = self._log_levels.get(session.id)
+        if level is not None and "logging" in self.capabilities:
+            with contextlib.suppress(BackendUnavailable):
+                await link.request("logging/setLevel", {"level": level}, timeout=_SET_LEVEL_SECONDS)
         return link
 
     def _remap_progress(self, session_id: str, params: dict[str, Any]) -> int | None:

@@ -227,7 +227,7 @@ class Gateway:
         levels = [s.log_level for s in self.sessions.values() if s.log_level]
         shared_level = min(levels, key=eras.LOG_LEVELS.index) if levels else level
         calls = [
-            b.call(session, "logging/setLevel", {"level": level if not b.shared else shared_level}, 10.0)
+            b.set_log_level(session, level if not b.shared else shared_level)
             for b in self.live_backends()
             if "logging" in b.capabilities
         ]

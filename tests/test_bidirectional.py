@@ -186,3 +186,18 @@ async def test_log_level_fans_out_and_messages_come_back_tagged(start_gateway: S
     assert message["params"]["_meta"]["dev.portico/backend"] == "ev"
     await asyncio.sleep(0.2)
     assert [m["params"]["level"] for m in client.notifications_of("notifications/message")] == ["error"]
+
+
+async def test_set_level_opens_no_per_client_link_but_applies_when_one_opens(
+    start_gateway: StartGateway,
+) -> None:
+    gw = await start_gateway({"mcpServers": {"own": everything(session="per-client")}})
+    client = await gw.client()
+    await client.call("logging/setLevel", {"level": "error"})
+    assert gw.gateway.backends["own"]._client_links == {}
+    await client.call("tools/call", call("own_log", level="warning", message="quiet"))
+    await client.call("tools/call", call("own_log", level="critical", message="loud"))
+    message = await client.wait_notification("notifications/message")
+    assert message["params"]["level"] == "critical"
+    await asyncio.sleep(0.2)
+    assert len(client.notifications_of("notifications/message")) == 1
