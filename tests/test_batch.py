@@ -48,3 +48,45 @@ async def test_batches_are_refused_in_other_versions_and_when_empty(start_gatewa
     reply = await client.next_frame()
     assert reply["error"]["code"] == -32600
     assert await client.call("ping") == {}
+
+
+async def test_a_2025_03_26_http_session_takes_a_batch_in_one_post(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    url = gw.server.make_url("/mcp")
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-03-26",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    async with gw.http.post(url, json=init, headers=headers) as response:
+        session = response.headers["Mcp-Session-Id"]
+    headers |= {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-03-26"}
+    batch = [
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "ev_echo", "arguments": {"text": "a"}},
+        },
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 3, "method": "no/such"},
+        {"jsonrpc": "2.0", "id": 4},
+    ]
+    async with gw.http.post(url, json=batch, headers=headers) as response:
+        assert response.status == 200
+        replies = {r["id"]: r for r in await response.json()}
+    assert set(replies) == {1, 2, 3, 4}
+    assert replies[1]["result"]["content"][0]["text"] == "a"
+    assert replies[2]["result"] == {}
+    assert replies[3]["error"]["code"] == -32601
+    assert replies[4]["error"]["code"] == -32600
+    only_notes = [{"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}]
+    async with gw.http.post(url, json=only_notes, headers=headers) as response:
+        assert response.status == 202

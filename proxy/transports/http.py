@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -107,10 +108,8 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     message: Any = None
     try:
         message = jsonrpc.loads(body)
-        if isinstance(message, list):
-            raise InvalidRequest(
-                "Invalid Request: batches are not accepted over HTTP; send one message per POST"
-            )
+        if isinstance(message, list) and not http_modern.speaks_modern(request):
+            return await _post_batch(request, message)
         kind = jsonrpc.classify(message)
     except PorticoError as exc:
         return _error(400, jsonrpc.salvage_id(message), exc)
@@ -179,6 +178,49 @@ async def _relay(
         channel.last_active = time.monotonic()
         if new and session.protocol_version is None:
             await sessions.end(session.id)
+
+
+async def _post_batch(request: web.Request, batch: list[Any]) -> web.StreamResponse:
+    """Several messages in one POST: part of protocol version 2025-03-26 only. The replies to its
+    requests come back as one JSON array (what precedes a reply is not streamed in a batch)."""
+    found = _session(request, request.app[HTTP_SESSIONS], None)
+    if isinstance(found, web.Response):
+        return found
+    session, channel = found
+    if not batch or session.protocol_version != "2025-03-26":
+        why = "an empty batch" if batch else "batches are only part of protocol version 2025-03-26"
+        return _error(400, None, InvalidRequest(f"Invalid Request: {why}"))
+    channel.last_active = time.monotonic()
+    replies: list[Message] = []
+    exchanges: list[Exchange] = []
+    for item in batch:
+        try:
+            kind = jsonrpc.classify(item)
+            if kind is Kind.REQUEST and item["id"] in channel.exchanges:
+                raise InvalidRequest(f"Invalid Request: id {item['id']!r} is already in flight")
+        except PorticoError as exc:
+            replies.append(jsonrpc.error_from(jsonrpc.salvage_id(item), exc))
+            continue
+        if kind is Kind.REQUEST:
+            exchange = Exchange(item["id"])
+            channel.exchanges[item["id"]] = exchange
+            exchanges.append(exchange)
+        await session.receive(jsonrpc.dumps(item))
+    try:
+        for exchange in exchanges:
+            frame, final = await exchange.queue.get()
+            while not final:
+                frame, final = await exchange.queue.get()
+            if frame:
+                replies.append(orjson.loads(frame))
+    finally:
+        for exchange in exchanges:
+            channel.exchanges.pop(exchange.request_id, None)
+    if not replies:
+        return web.Response(status=202, headers={SESSION_HEADER: session.id})
+    return web.Response(
+        body=orjson.dumps(replies), content_type="application/json", headers={SESSION_HEADER: session.id}
+    )
 
 
 async def handle_get(request: web.Request) -> web.StreamResponse:
