@@ -29,7 +29,8 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit bench-smoke
+# pytest runs last, so its summary is the closing line of the run.
+test: lint typecheck bench-smoke unit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core_ws
