@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= proxy/demo/portico.yaml
 
-.PHONY: run test lint typecheck unit bench bench-smoke check clean
+.PHONY: run test lint typecheck unit interop-setup bench bench-smoke check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict proxy plugins
 
-unit: $(STAMP)
+# Third-party MCP software for the interop tests (TypeScript SDK, Inspector CLI, reference servers),
+# installed once into the ignored .cache/interop.
+interop-setup: $(STAMP)
+	PYTHON=$(PYTHON) bash tests/interop/setup.sh
+
+unit: $(STAMP) interop-setup
 	$(BIN)/python -m pytest -q
 
 # pytest runs last, so its summary is the closing line of the run.
