@@ -21,12 +21,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -36,11 +32,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import everything
+from tests.gateway_process import GatewayProcess, serve_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BYTES = 64 * 1024
@@ -79,74 +75,36 @@ NOTIFICATIONS = (
 
 
 @dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    base: str  # http://host:port
-    stderr_path: Path
+class Sessions:
+    """The sessions the fuzz keeps track of, beside the gateway process."""
+
     live: str = ""  # an initialized session that every run may use, and must not end
     ended: str = ""  # a session that was deleted
     opened: set[str] = field(default_factory=set)  # sessions the fuzzing created
-    checked: int = 0  # how much of stderr the tests have checked for tracebacks
 
-    @property
-    def mcp(self) -> str:
-        return self.base + "/mcp"
 
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+@dataclass
+class FuzzGateway:
+    proc: GatewayProcess
+    sessions: Sessions
 
-    def stderr_size(self) -> int:
-        return self.stderr_path.stat().st_size
-
-    def stderr_since(self, since: int) -> str:
-        with self.stderr_path.open("rb") as err:
-            err.seek(since)
-            return err.read().decode(errors="replace")
-
-    def assert_no_traceback(self, since: int) -> None:
-        text = self.stderr_since(since)
-        self.checked = max(self.checked, since + len(text.encode(errors="replace")))
-        assert "Traceback" not in text, f"the gateway printed a traceback:\n{text[-8000:]}"
+    def __getattr__(self, name: str) -> Any:
+        # The process's helpers (mcp, base, open_fds, stderr_*) and the sessions read as one object.
+        target = self.sessions if name in ("live", "ended", "opened") else self.proc
+        return getattr(target, name)
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzGateway]:
     workdir = tmp_path_factory.mktemp("fuzz-http-gateway")
-    config = workdir / "portico.yaml"
     settings = {"listen": {"max_message_bytes": MAX_BYTES}, "mcpServers": {"ev": everything("fuzz")}}
-    config.write_text(yaml.safe_dump(settings))
-    stdout_path, stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
-    running: GatewayProcess | None = None
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            cwd=ROOT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while (found := re.search(r"ws://(\S+)/mcp", stdout_path.read_text())) is None:
-            assert process.poll() is None, f"the gateway exited: {stderr_path.read_text()}"
-            assert time.monotonic() < deadline, f"no URL printed: {stderr_path.read_text()}"
-            time.sleep(0.05)
-        running = GatewayProcess(process, f"http://{found[1]}", stderr_path)
-        running.live, running.ended = asyncio.run(_prepare_sessions(running))
-        yield running
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    # The tests checked what they caused; what is left (the shutdown included) is checked here.
-    if running is not None:
-        running.assert_no_traceback(running.checked)
+    with serve_gateway(workdir, settings) as running:
+        fuzz = FuzzGateway(running, Sessions())
+        fuzz.sessions.live, fuzz.sessions.ended = asyncio.run(_prepare_sessions(fuzz))
+        yield fuzz
 
 
-async def _prepare_sessions(gw: GatewayProcess) -> tuple[str, str]:
+async def _prepare_sessions(gw: FuzzGateway) -> tuple[str, str]:
     async with aiohttp.ClientSession() as http:
         live = await open_session(http, gw.mcp)
         ended = await open_session(http, gw.mcp)
@@ -173,7 +131,7 @@ async def open_session(http: aiohttp.ClientSession, url: str) -> str:
     return session
 
 
-async def assert_gateway_healthy(gw: GatewayProcess) -> None:
+async def assert_gateway_healthy(gw: FuzzGateway) -> None:
     headers = {"Content-Type": "application/json", "Accept": GOOD_ACCEPT}
     async with aiohttp.ClientSession() as http:
         async with http.get(gw.base + "/healthz") as response:
@@ -292,7 +250,7 @@ class Post:
             return zlib.compress(self.body.data)
         return self.body.data
 
-    def headers(self, gw: GatewayProcess) -> tuple[dict[str, str], list[str]]:
+    def headers(self, gw: FuzzGateway) -> tuple[dict[str, str], list[str]]:
         headers: dict[str, str] = {}
         if self.encoding is not None:
             headers["Content-Encoding"] = self.encoding
@@ -683,7 +641,7 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[tuple[str | None, A
 
 
 async def check_response(
-    gw: GatewayProcess, response: aiohttp.ClientResponse, wanted: Expect, what: str, initializing: bool
+    gw: FuzzGateway, response: aiohttp.ClientResponse, wanted: Expect, what: str, initializing: bool
 ) -> None:
     what = f"{what}\n-> {response.status} {response.headers.get('Content-Type')}"
     assert response.status < 500, what
@@ -717,7 +675,7 @@ async def check_response(
         assert body["id"] == wanted.reply_id and type(body["id"]) is type(wanted.reply_id), what
 
 
-async def send_post(gw: GatewayProcess, http: aiohttp.ClientSession, post: Post) -> None:
+async def send_post(gw: FuzzGateway, http: aiohttp.ClientSession, post: Post) -> None:
     headers, skip = post.headers(gw)
     wanted = expected(post)
     initializing = isinstance(post.body.parsed, dict) and post.body.parsed.get("method") == "initialize"
@@ -725,7 +683,7 @@ async def send_post(gw: GatewayProcess, http: aiohttp.ClientSession, post: Post)
         await check_response(gw, response, wanted, f"{post!r}", initializing)
 
 
-async def send_other(gw: GatewayProcess, http: aiohttp.ClientSession, other: Other) -> None:
+async def send_other(gw: FuzzGateway, http: aiohttp.ClientSession, other: Other) -> None:
     session = {"live": gw.live, "ended": gw.ended, "bogus": other.bogus_session}.get(other.session)
     headers = {SESSION: session} if session is not None else {}
     skip = []
@@ -751,7 +709,7 @@ async def send_other(gw: GatewayProcess, http: aiohttp.ClientSession, other: Oth
         await check_response(gw, response, wanted, f"{other!r}", initializing=False)
 
 
-async def run(gw: GatewayProcess, requests: list[Post | Other]) -> None:
+async def run(gw: FuzzGateway, requests: list[Post | Other]) -> None:
     async with aiohttp.ClientSession() as http:
         for item in requests:
             if isinstance(item, Post):
@@ -760,7 +718,7 @@ async def run(gw: GatewayProcess, requests: list[Post | Other]) -> None:
                 await send_other(gw, http, item)
 
 
-def settled_fds(gw: GatewayProcess, ceiling: int | None, seconds: float = 10.0) -> int:
+def settled_fds(gw: FuzzGateway, ceiling: int | None, seconds: float = 10.0) -> int:
     """The gateway's open descriptors once they stop changing (or drop to ``ceiling``)."""
     deadline = time.monotonic() + seconds
     count = gw.open_fds()
@@ -773,7 +731,7 @@ def settled_fds(gw: GatewayProcess, ceiling: int | None, seconds: float = 10.0) 
     return count
 
 
-async def delete_opened(gw: GatewayProcess) -> None:
+async def delete_opened(gw: FuzzGateway) -> None:
     async with aiohttp.ClientSession() as http:
         for session in sorted(gw.opened):
             async with http.delete(gw.mcp, headers={SESSION: session}) as response:
@@ -844,7 +802,7 @@ EVERY_KIND: list[Post | Other] = [
 ]
 
 
-def test_hostile_http_requests_get_the_right_answers_and_break_nothing(gateway: GatewayProcess) -> None:
+def test_hostile_http_requests_get_the_right_answers_and_break_nothing(gateway: FuzzGateway) -> None:
     since = gateway.stderr_size()
     asyncio.run(assert_gateway_healthy(gateway))  # warm up: anything opened lazily is open now
     baseline = settled_fds(gateway, None)
@@ -878,7 +836,7 @@ def test_hostile_http_requests_get_the_right_answers_and_break_nothing(gateway: 
 # -- what never reaches the handler whole ------------------------------------------------------------------
 
 
-def raw_exchange(gw: GatewayProcess, request: bytes, linger: float = 0.3) -> bytes:
+def raw_exchange(gw: FuzzGateway, request: bytes, linger: float = 0.3) -> bytes:
     """Send raw bytes on a fresh connection, stop sending, and return whatever comes back."""
     host, _, port = gw.base.removeprefix("http://").rpartition(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
@@ -906,7 +864,7 @@ POST_HEAD = (
 PING_BYTES = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
 
 
-def run_raw_cases(gw: GatewayProcess, cases: dict[str, tuple[bytes, bool]]) -> list[str]:
+def run_raw_cases(gw: FuzzGateway, cases: dict[str, tuple[bytes, bool]]) -> list[str]:
     """Each case: the bytes, and whether an answer is owed (a client that hung up mid-body gets none).
 
     Returns what went wrong, case by case: a 5xx, no 4xx where one is owed, or a traceback in the log.
@@ -924,12 +882,12 @@ def run_raw_cases(gw: GatewayProcess, cases: dict[str, tuple[bytes, bool]]) -> l
         if "Traceback" in log:
             last = [line for line in log.splitlines() if line and not line.startswith(" ")][-1]
             problems.append(f"{name}: a traceback in the gateway's log ({last})")
-    gw.checked = gw.stderr_size()
+    gw.proc.stderr_mark()
     asyncio.run(assert_gateway_healthy(gw))
     return problems
 
 
-def test_a_body_that_cannot_be_read_is_refused_quietly(gateway: GatewayProcess) -> None:
+def test_a_body_that_cannot_be_read_is_refused_quietly(gateway: FuzzGateway) -> None:
     """A body the gateway cannot read (not what Content-Encoding says, or cut short by a client that
     went away) is the client's fault: a 4xx if anyone is still there to read it, never a 5xx, and
     nothing in the operator's log that looks like the gateway broke."""
@@ -962,7 +920,7 @@ def test_a_body_that_cannot_be_read_is_refused_quietly(gateway: GatewayProcess) 
     assert not problems, "\n".join(problems)
 
 
-def test_malformed_http_framing_is_refused_quietly(gateway: GatewayProcess) -> None:
+def test_malformed_http_framing_is_refused_quietly(gateway: FuzzGateway) -> None:
     """Requests that are not valid HTTP/1.1 never reach a handler; they get a 400, and one hostile client
     must not be able to fill the operator's log with tracebacks."""
     cases = {

@@ -20,11 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,11 +28,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import everything
+from tests.gateway_process import GatewayProcess, serve_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = "everything_echo"
@@ -53,73 +48,26 @@ LIST_METHODS = ("tools/list", "prompts/list", "resources/list", "resources/templ
 NAMED_METHODS = ("tools/call", "prompts/get")
 URI_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 KNOWN_METHODS = frozenset(
-    {"initialize", "ping", "logging/setLevel", "completion/complete", *LIST_METHODS, *NAMED_METHODS,
-     *URI_METHODS}
+    {
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "completion/complete",
+        *LIST_METHODS,
+        *NAMED_METHODS,
+        *URI_METHODS,
+    }
 )
 
 
 # -- the gateway, as a process -----------------------------------------------------------------------------
 
 
-@dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    url: str
-    base: str
-    stderr_path: Path
-    checked: int = 0  # how much of stderr has been checked for tracebacks
-
-    def stderr_mark(self) -> int:
-        self.checked = self.stderr_path.stat().st_size
-        return self.checked
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def stderr_since(self, since: int) -> str:
-        with self.stderr_path.open("rb") as err:
-            err.seek(since)
-            return err.read().decode(errors="replace")
-
-    def assert_no_traceback(self, since: int) -> None:
-        """Nothing the gateway printed since ``since`` (a ``stderr_mark``) is a traceback."""
-        text = self.stderr_since(since)
-        self.checked = since + len(text.encode(errors="replace"))
-        assert "Traceback" not in text, f"the gateway printed a traceback:\n{text[-8000:]}"
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("fuzz-gateway")
-    config = workdir / "portico.yaml"
-    config.write_text(yaml.safe_dump({"mcpServers": {"everything": everything("fuzz")}}))
-    stdout_path, stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
-    running: GatewayProcess | None = None
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while (found := re.search(r"ws://[^\s]+/mcp", stdout_path.read_text())) is None:
-            assert process.poll() is None, f"the gateway exited: {stderr_path.read_text()}"
-            assert time.monotonic() < deadline, f"no URL printed: {stderr_path.read_text()}"
-            time.sleep(0.05)
-        url = found.group(0)
-        running = GatewayProcess(process, url, url.replace("ws://", "http://", 1).removesuffix("/mcp"),
-                                 stderr_path)
+    with serve_gateway(workdir, {"mcpServers": {"everything": everything("fuzz")}}) as running:
         yield running
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    # The tests checked what they caused; what is left (the shutdown included) is checked here.
-    if running is not None:
-        running.assert_no_traceback(running.checked)
 
 
 # -- a raw client that keeps every frame -------------------------------------------------------------------
@@ -155,8 +103,9 @@ class Conn:
         deadline = time.monotonic() + timeout
         while not condition():
             if self._reader.done():
-                raise AssertionError(f"the gateway closed the connection (code {self.ws.close_code}) "
-                                     f"while waiting for {what}")
+                raise AssertionError(
+                    f"the gateway closed the connection (code {self.ws.close_code}) while waiting for {what}"
+                )
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.005)
@@ -187,8 +136,11 @@ class Conn:
 
 async def initialized(http: aiohttp.ClientSession, url: str) -> Conn:
     conn = await Conn.open(http, url)
-    reply = await conn.call("fuzz-initialize-request", "initialize",
-                            {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": CLIENT_INFO})
+    reply = await conn.call(
+        "fuzz-initialize-request",
+        "initialize",
+        {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": CLIENT_INFO},
+    )
     assert reply["result"]["protocolVersion"] == LATEST, reply
     await conn.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
     return conn
@@ -375,27 +327,43 @@ OBJECTS = st.dictionaries(st.text(max_size=8), BIG_VALUES, max_size=4)
 NON_OBJECTS = VALUES.filter(lambda v: not isinstance(v, dict))
 # Small integers and short strings collide often: duplicate ids are part of the game.
 VALID_IDS = st.one_of(st.integers(-3, 3), INT64, st.text(max_size=12))
-BAD_IDS = st.one_of(st.none(), st.booleans(), FLOATS, st.lists(VALUES, max_size=3),
-                    st.dictionaries(st.text(max_size=4), VALUES, max_size=3))
+BAD_IDS = st.one_of(
+    st.none(),
+    st.booleans(),
+    FLOATS,
+    st.lists(VALUES, max_size=3),
+    st.dictionaries(st.text(max_size=4), VALUES, max_size=3),
+)
 ANY_IDS = st.one_of(VALID_IDS, VALID_IDS, BAD_IDS)
-NOTIFICATIONS = ["notifications/cancelled", "notifications/initialized", "notifications/progress",
-                 "notifications/roots/list_changed"]
+NOTIFICATIONS = [
+    "notifications/cancelled",
+    "notifications/initialized",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+]
 UNKNOWN_METHODS = st.text(max_size=40).filter(lambda m: m not in KNOWN_METHODS)
 # Names and URIs that route to nothing: the fuzzer must not call the real tools (one of them kills the
 # backend on purpose).
-NOWHERE_NAMES = st.one_of(TEXT, st.sampled_from(["echo", "whoami", "crash", "everything", "greet"]),
-                          VALUES).filter(lambda n: not (isinstance(n, str) and n.startswith("everything")))
-NOWHERE_URIS = st.one_of(TEXT, st.sampled_from(["memo://one", "portico://", "portico://nobody/memo://one",
-                                                "portico://everything"]), VALUES)
+NOWHERE_NAMES = st.one_of(
+    TEXT, st.sampled_from(["echo", "whoami", "crash", "everything", "greet"]), VALUES
+).filter(lambda n: not (isinstance(n, str) and n.startswith("everything")))
+NOWHERE_URIS = st.one_of(
+    TEXT,
+    st.sampled_from(["memo://one", "portico://", "portico://nobody/memo://one", "portico://everything"]),
+    VALUES,
+)
 
 
 def forged_cursor(method: str, version: Any, offset: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps({"m": method, "v": version, "o": offset}).encode()).decode()
 
 
-FORGED_CURSORS = st.builds(forged_cursor, st.sampled_from(LIST_METHODS),
-                          st.one_of(st.integers(-1, 5), VALUES),
-                          st.one_of(st.integers(-2, 600), VALUES))
+FORGED_CURSORS = st.builds(
+    forged_cursor,
+    st.sampled_from(LIST_METHODS),
+    st.one_of(st.integers(-1, 5), VALUES),
+    st.one_of(st.integers(-2, 600), VALUES),
+)
 CURSORS = st.one_of(
     TEXT,
     BIG_VALUES,
@@ -408,8 +376,9 @@ CURSORS = st.one_of(
 def params_for(method: str) -> st.SearchStrategy[dict[str, Any]]:
     """Params shaped (more or less) like the method's, with every member hostile in turn."""
     if method in NAMED_METHODS:
-        specific = st.fixed_dictionaries({"name": NOWHERE_NAMES},
-                                         optional={"arguments": BIG_VALUES, "_meta": OBJECTS})
+        specific = st.fixed_dictionaries(
+            {"name": NOWHERE_NAMES}, optional={"arguments": BIG_VALUES, "_meta": OBJECTS}
+        )
     elif method in URI_METHODS:
         specific = st.fixed_dictionaries({"uri": NOWHERE_URIS}, optional={"_meta": OBJECTS})
     elif method == "completion/complete":
@@ -417,8 +386,7 @@ def params_for(method: str) -> st.SearchStrategy[dict[str, Any]]:
             {"type": st.one_of(st.sampled_from(["ref/prompt", "ref/resource"]), VALUES)},
             optional={"name": NOWHERE_NAMES, "uri": NOWHERE_URIS},
         )
-        specific = st.fixed_dictionaries({"ref": st.one_of(ref, VALUES)},
-                                         optional={"argument": BIG_VALUES})
+        specific = st.fixed_dictionaries({"ref": st.one_of(ref, VALUES)}, optional={"argument": BIG_VALUES})
     elif method in LIST_METHODS:
         specific = st.fixed_dictionaries({"cursor": CURSORS}, optional={"_meta": OBJECTS})
     elif method == "logging/setLevel":
@@ -441,8 +409,9 @@ def routes_nowhere(params: Any) -> bool:
     candidates = [params.get("name"), params.get("uri")]
     if isinstance(ref, dict):
         candidates += [ref.get("name"), ref.get("uri")]
-    return not any(isinstance(c, str) and c.startswith(("everything", "portico://everything/"))
-                   for c in candidates)
+    return not any(
+        isinstance(c, str) and c.startswith(("everything", "portico://everything/")) for c in candidates
+    )
 
 
 MISSING = object()
@@ -455,23 +424,34 @@ def envelopes(draw: st.DrawFn) -> Any:
     message: dict[str, Any] = {}
     if draw(st.integers(0, 7)) > 0:
         message["jsonrpc"] = "2.0"
-    elif (version := draw(st.one_of(st.just(MISSING), st.sampled_from(["1.0", "2", "2.0 ", "", 2.0, 2]),
-                                    VALUES))) is not MISSING:
+    elif (
+        version := draw(
+            st.one_of(st.just(MISSING), st.sampled_from(["1.0", "2", "2.0 ", "", 2.0, 2]), VALUES)
+        )
+    ) is not MISSING:
         message["jsonrpc"] = version
     if shape == "chimera":
         keys = st.one_of(st.sampled_from(["jsonrpc", "id", "method", "params", "result", "error"]), TEXT)
         values: st.SearchStrategy[Any] = st.one_of(
-            st.just("2.0"), st.sampled_from(["ping", "tools/list", "x", ""]), VALID_IDS, st.just({}), VALUES)
+            st.just("2.0"), st.sampled_from(["ping", "tools/list", "x", ""]), VALID_IDS, st.just({}), VALUES
+        )
         message.update(draw(st.dictionaries(keys, values, max_size=6)))
         return message
     if shape in ("request", "notification"):
-        method = draw(st.one_of(st.sampled_from(sorted(KNOWN_METHODS)), UNKNOWN_METHODS,
-                                st.sampled_from(NOTIFICATIONS), VALUES))
+        method = draw(
+            st.one_of(
+                st.sampled_from(sorted(KNOWN_METHODS)),
+                UNKNOWN_METHODS,
+                st.sampled_from(NOTIFICATIONS),
+                VALUES,
+            )
+        )
         message["method"] = method
         params: Any = draw(params_for(method) if isinstance(method, str) else OBJECTS)
         if method == "notifications/cancelled":
-            params = draw(st.one_of(st.fixed_dictionaries({"requestId": ANY_IDS}, optional={"reason": TEXT}),
-                                    OBJECTS))
+            params = draw(
+                st.one_of(st.fixed_dictionaries({"requestId": ANY_IDS}, optional={"reason": TEXT}), OBJECTS)
+            )
         choice = draw(st.integers(0, 9))
         if choice == 0:
             params = draw(NON_OBJECTS)  # an array, a string, a number, null...
@@ -494,16 +474,49 @@ def envelopes(draw: st.DrawFn) -> Any:
     return message
 
 
-message_frames = st.builds(message_frame, envelopes().filter(
-    lambda m: not isinstance(m, dict) or routes_nowhere(m.get("params"))), st.booleans())
+message_frames = st.builds(
+    message_frame,
+    envelopes().filter(lambda m: not isinstance(m, dict) or routes_nowhere(m.get("params"))),
+    st.booleans(),
+)
 
 batches = st.lists(envelopes().filter(lambda m: routes_nowhere(m.get("params"))), min_size=1, max_size=3)
 non_object_frames = st.builds(message_frame, st.one_of(NON_OBJECTS, st.just([]), st.just([[[]]]), batches))
 
 MALFORMED = [
-    "", " ", "\n", "NaN", "Infinity", "-Infinity", "undefined", "nul", "tru", "01", "1.", ".5", "+1", "0x10",
-    "'single'", "{'a': 1}", '{"a":1,}', "[1,]", '{"a"}', '{"a":}', "{,}", "}{", "]", "[1 2]", "True", "None",
-    '{"a":1 "b":2}', "\x00", '{"a":\x00}', "// comment\n{}", "/* comment */ {}", '"unterminated', '"\\x41"',
+    "",
+    " ",
+    "\n",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "undefined",
+    "nul",
+    "tru",
+    "01",
+    "1.",
+    ".5",
+    "+1",
+    "0x10",
+    "'single'",
+    "{'a': 1}",
+    '{"a":1,}',
+    "[1,]",
+    '{"a"}',
+    '{"a":}',
+    "{,}",
+    "}{",
+    "]",
+    "[1 2]",
+    "True",
+    "None",
+    '{"a":1 "b":2}',
+    "\x00",
+    '{"a":\x00}',
+    "// comment\n{}",
+    "/* comment */ {}",
+    '"unterminated',
+    '"\\x41"',
     '"tab\tinside"',
     '{"jsonrpc":"2.0","id":1,"method":"ping"} x',
     # Two messages in one frame are not one JSON text.
@@ -522,8 +535,10 @@ malformed_frames = st.one_of(
     st.sampled_from([Frame(text, null_error(PARSE_ERROR)) for text in MALFORMED]),
     st.builds(truncated, envelopes().filter(lambda m: isinstance(m, dict) and len(m) > 0), st.integers(0)),
     # An object that is never closed.
-    st.builds(lambda s: Frame("{" + s, null_error(PARSE_ERROR)),
-              st.text(st.characters(codec="utf-8", exclude_characters="}"), max_size=30)),
+    st.builds(
+        lambda s: Frame("{" + s, null_error(PARSE_ERROR)),
+        st.text(st.characters(codec="utf-8", exclude_characters="}"), max_size=30),
+    ),
 )
 
 
@@ -553,8 +568,13 @@ def deep_frame(depth: int, form: str, request_id: str) -> Frame:
         slot = null_error(INVALID_REQUEST, PARSE_ERROR) if refusable else null_error(INVALID_REQUEST)
         return Frame(arrays if form == "arrays" else objects, slot)
     if form == "request":
-        text = ('{"jsonrpc":"2.0","id":' + json.dumps(request_id)
-                + ',"method":"tools/call","params":{"name":"nowhere","arguments":' + objects + "}}")
+        text = (
+            '{"jsonrpc":"2.0","id":'
+            + json.dumps(request_id)
+            + ',"method":"tools/call","params":{"name":"nowhere","arguments":'
+            + objects
+            + "}}"
+        )
         slot = reply(request_id, INVALID_PARAMS)
         return Frame(text, either(slot, null_error(PARSE_ERROR)) if refusable else slot, id_key(request_id))
     text = '{"jsonrpc":"2.0","method":"notifications/deep","params":{"deep":' + arrays + "}}"
@@ -568,6 +588,7 @@ deep_frames = st.builds(
     st.uuids().map(lambda u: f"deep-{u}"),
 )
 
+
 def real_call(request_id: Any, tool: str, arguments: Any, meta: Any) -> Frame:
     """A call that reaches the backend: a result (maybe a tool error), or invalid params, nothing else."""
     params: dict[str, Any] = {"name": f"everything_{tool}", "arguments": arguments}
@@ -578,16 +599,30 @@ def real_call(request_id: Any, tool: str, arguments: Any, meta: Any) -> Frame:
 
 
 real_calls = st.one_of(
-    st.builds(real_call, VALID_IDS, st.just("echo"),
-              st.one_of(st.fixed_dictionaries({"text": TEXT}), BIG_VALUES),
-              st.one_of(st.just(MISSING), OBJECTS)),
-    st.builds(real_call, VALID_IDS, st.just("add"),
-              st.one_of(st.fixed_dictionaries({"a": HUGE, "b": INT64}), OBJECTS), st.just(MISSING)),
+    st.builds(
+        real_call,
+        VALID_IDS,
+        st.just("echo"),
+        st.one_of(st.fixed_dictionaries({"text": TEXT}), BIG_VALUES),
+        st.one_of(st.just(MISSING), OBJECTS),
+    ),
+    st.builds(
+        real_call,
+        VALID_IDS,
+        st.just("add"),
+        st.one_of(st.fixed_dictionaries({"a": HUGE, "b": INT64}), OBJECTS),
+        st.just(MISSING),
+    ),
     # Progress notifications flow back while it runs, and a later cancellation may stop it.
-    st.builds(real_call, VALID_IDS, st.just("slow"),
-              st.fixed_dictionaries({"seconds": st.floats(0, 0.05), "steps": st.integers(1, 3)}),
-              st.one_of(st.just(MISSING), st.fixed_dictionaries({"progressToken": VALUES}))),
+    st.builds(
+        real_call,
+        VALID_IDS,
+        st.just("slow"),
+        st.fixed_dictionaries({"seconds": st.floats(0, 0.05), "steps": st.integers(1, 3)}),
+        st.one_of(st.just(MISSING), st.fixed_dictionaries({"progressToken": VALUES})),
+    ),
 )
+
 
 @st.composite
 def stray_responses(draw: st.DrawFn) -> Any:
@@ -599,8 +634,11 @@ def stray_responses(draw: st.DrawFn) -> Any:
     if draw(st.booleans()):
         message["result"] = draw(st.one_of(OBJECTS, BIG_VALUES))
     else:
-        message["error"] = draw(st.one_of(
-            st.fixed_dictionaries({"code": INT64, "message": TEXT}, optional={"data": BIG_VALUES}), VALUES))
+        message["error"] = draw(
+            st.one_of(
+                st.fixed_dictionaries({"code": INT64, "message": TEXT}, optional={"data": BIG_VALUES}), VALUES
+            )
+        )
     return message
 
 
@@ -616,17 +654,28 @@ def with_bad_id(draw: st.DrawFn) -> Any:
 def list_calls(draw: st.DrawFn) -> Frame:
     """A list request whose cursor is anything, often a forged one naming the right method."""
     method = draw(st.sampled_from(LIST_METHODS))
-    forged = st.builds(forged_cursor, st.just(method), st.one_of(st.integers(-1, 5), VALUES),
-                       st.one_of(st.integers(0, 600), VALUES))
+    forged = st.builds(
+        forged_cursor,
+        st.just(method),
+        st.one_of(st.integers(-1, 5), VALUES),
+        st.one_of(st.integers(0, 600), VALUES),
+    )
     cursor = draw(st.one_of(forged, forged, CURSORS))
     message = {"jsonrpc": "2.0", "id": draw(VALID_IDS), "method": method, "params": {"cursor": cursor}}
     return message_frame(message)
 
 
 frames = st.one_of(
-    message_frames, message_frames, st.builds(message_frame, stray_responses()),
+    message_frames,
+    message_frames,
+    st.builds(message_frame, stray_responses()),
     st.builds(message_frame, with_bad_id().filter(lambda m: routes_nowhere(m.get("params")))),
-    non_object_frames, malformed_frames, binary_frames, deep_frames, real_calls, list_calls(),
+    non_object_frames,
+    malformed_frames,
+    binary_frames,
+    deep_frames,
+    real_calls,
+    list_calls(),
 )
 
 # Batches tried on every run before the random ones: one of every kind of frame, then alone each frame
@@ -642,17 +691,31 @@ EVERY_KIND: list[Frame] = [
     message_frame({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": ["everything_echo"]}),
     message_frame({"jsonrpc": "2.0", "id": 2**64 - 1, "method": "ping"}),
     message_frame({"jsonrpc": "2.0", "id": -(2**63), "method": "ping"}),
-    message_frame({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
-                   "params": {"name": "nope", "arguments": {"n": 10**300}}}),
+    message_frame(
+        {
+            "jsonrpc": "2.0",
+            "id": 10,
+            "method": "tools/call",
+            "params": {"name": "nope", "arguments": {"n": 10**300}},
+        }
+    ),
     message_frame({"jsonrpc": "2.0", "id": 11, "result": {}}),
-    message_frame({"jsonrpc": "2.0", "id": 12, "method": "tools/list",
-                   "params": {"cursor": forged_cursor("tools/list", 1, 0)}}),
+    message_frame(
+        {
+            "jsonrpc": "2.0",
+            "id": 12,
+            "method": "tools/list",
+            "params": {"cursor": forged_cursor("tools/list", 1, 0)},
+        }
+    ),
     message_frame({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": {"x": 1}}}),
     message_frame([]),
     message_frame([{"jsonrpc": "2.0", "id": 14, "method": "ping"}]),
     Frame("", null_error(PARSE_ERROR)),
-    Frame('{"jsonrpc":"2.0","id":1,"method":"ping"}{"jsonrpc":"2.0","id":2,"method":"ping"}',
-          null_error(PARSE_ERROR)),
+    Frame(
+        '{"jsonrpc":"2.0","id":1,"method":"ping"}{"jsonrpc":"2.0","id":2,"method":"ping"}',
+        null_error(PARSE_ERROR),
+    ),
     binary_frame(b"\xff\xfe\xfd"),
     deep_frame(5_000, "arrays", "deep-a"),
     deep_frame(5_000, "request", "deep-b"),
@@ -662,10 +725,26 @@ EVERY_KIND: list[Frame] = [
 REGRESSIONS: list[list[Frame]] = [
     [message_frame({"jsonrpc": "2.0", "id": {"an": "object"}, "error": {"code": 1, "message": "x"}})],
     [message_frame({"jsonrpc": "2.0", "id": ["an", "array"], "error": {"code": 1, "message": "x"}})],
-    [message_frame({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
-                    "params": {"cursor": forged_cursor("tools/list", [], 0)}})],
-    [message_frame({"jsonrpc": "2.0", "id": 2, "method": "prompts/list",
-                    "params": {"cursor": forged_cursor("prompts/list", {"v": 1}, 0)}})],
+    [
+        message_frame(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/list",
+                "params": {"cursor": forged_cursor("tools/list", [], 0)},
+            }
+        )
+    ],
+    [
+        message_frame(
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "prompts/list",
+                "params": {"cursor": forged_cursor("prompts/list", {"v": 1}, 0)},
+            }
+        )
+    ],
 ]
 
 
@@ -683,7 +762,7 @@ class Exchange:
                 continue
             slot = frame.slot
             earlier = [f for f in self.frames[:index] if f.in_flight != NO_ID]
-            later = self.frames[index + 1:]
+            later = self.frames[index + 1 :]
             if frame.in_flight != NO_ID and any(f.in_flight == frame.in_flight for f in earlier):
                 # The same id may still be in flight: refusing the newcomer is right too.
                 slot = Slot(slot.accepts | {(frame.in_flight, INVALID_REQUEST)}, slot.optional)
@@ -724,8 +803,9 @@ class Exchange:
         for r in range(len(replies)):
             if slot_of[r] is None:
                 from_reply(r, set())
-        missing = [self.slots[s][0] for s, slot in enumerate(slots)
-                   if not slot.optional and reply_of[s] is None]
+        missing = [
+            self.slots[s][0] for s, slot in enumerate(slots) if not slot.optional and reply_of[s] is None
+        ]
         extra = [r for r in range(len(replies)) if slot_of[r] is None]
         return missing, extra
 
@@ -757,8 +837,11 @@ async def run_batch(gw: GatewayProcess, batch: list[Frame]) -> None:
 
         def batch_replies() -> list[tuple[IdKey, int]]:
             ours = [r for r in conn.frames[start:] if isinstance(r, dict) and "id" in r and "method" not in r]
-            return [(id_key(r["id"]), reply_code(r)) for r in ours
-                    if not (isinstance(r["id"], str) and r["id"].startswith("fuzz-"))]
+            return [
+                (id_key(r["id"]), reply_code(r))
+                for r in ours
+                if not (isinstance(r["id"], str) and r["id"].startswith("fuzz-"))
+            ]
 
         def complete() -> bool:
             return exchange.match(batch_replies())[0] == []
@@ -818,10 +901,16 @@ def test_hostile_frames_get_the_right_answers_and_break_nothing(gateway: Gateway
 
     for batch in (EVERY_KIND, *REGRESSIONS):
         hostile_batch = example(batch=batch)(hostile_batch)
-    fuzz = settings(max_examples=150, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.large_base_example])(
-        given(batch=st.lists(frames, min_size=1, max_size=50))(hostile_batch))
+    fuzz = settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )(given(batch=st.lists(frames, min_size=1, max_size=50))(hostile_batch))
     try:
         fuzz()
     finally:
@@ -842,8 +931,11 @@ def test_integer_ids_beyond_64_bits_are_answered_with_that_id(gateway: GatewayPr
                 await conn.send(f'{{"jsonrpc":"2.0","id":{request_id},"method":"ping"}}')
                 pong = await conn.call(f"fuzz-after-{request_id}", "ping")
                 assert pong["result"] == {}
-                answers = [r for r in conn.replies() if r.get("id") != pong["id"]
-                           and not str(r.get("id")).startswith("fuzz-")]
+                answers = [
+                    r
+                    for r in conn.replies()
+                    if r.get("id") != pong["id"] and not str(r.get("id")).startswith("fuzz-")
+                ]
                 assert len(answers) == 1, (request_id, answers)
                 answer = answers[0]
                 conn.frames.remove(answer)
