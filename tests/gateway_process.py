@@ -45,6 +45,18 @@ class GatewayProcess:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
+    def settled_fds(self, ceiling: int | None, seconds: float = 10.0) -> int:
+        """The open descriptors once they stop changing (or drop to ``ceiling``)."""
+        deadline = time.monotonic() + seconds
+        count = self.open_fds()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.open_fds()
+            if (ceiling is not None and now <= ceiling) or (ceiling is None and now == count):
+                return now
+            count = now
+        return count
+
     def stderr_since(self, since: int) -> str:
         with self.stderr_path.open("rb") as err:
             err.seek(since)

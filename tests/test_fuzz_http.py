@@ -718,19 +718,6 @@ async def run(gw: FuzzGateway, requests: list[Post | Other]) -> None:
                 await send_other(gw, http, item)
 
 
-def settled_fds(gw: FuzzGateway, ceiling: int | None, seconds: float = 10.0) -> int:
-    """The gateway's open descriptors once they stop changing (or drop to ``ceiling``)."""
-    deadline = time.monotonic() + seconds
-    count = gw.open_fds()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = gw.open_fds()
-        if (ceiling is not None and now <= ceiling) or (ceiling is None and now == count):
-            return now
-        count = now
-    return count
-
-
 async def delete_opened(gw: FuzzGateway) -> None:
     async with aiohttp.ClientSession() as http:
         for session in sorted(gw.opened):
@@ -805,7 +792,7 @@ EVERY_KIND: list[Post | Other] = [
 def test_hostile_http_requests_get_the_right_answers_and_break_nothing(gateway: FuzzGateway) -> None:
     since = gateway.stderr_size()
     asyncio.run(assert_gateway_healthy(gateway))  # warm up: anything opened lazily is open now
-    baseline = settled_fds(gateway, None)
+    baseline = gateway.settled_fds(None)
 
     def hostile_run(requests: list[Post | Other]) -> None:
         mark = gateway.stderr_size()
@@ -829,7 +816,7 @@ def test_hostile_http_requests_get_the_right_answers_and_break_nothing(gateway: 
     finally:
         gateway.assert_no_traceback(since)
     assert gateway.opened, "no run ever opened a session: the fuzzing missed initialize"
-    after = settled_fds(gateway, baseline + 2)
+    after = gateway.settled_fds(baseline + 2)
     assert after <= baseline + 2, f"{after} descriptors open after the fuzzing, {baseline} before"
 
 

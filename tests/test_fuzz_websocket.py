@@ -875,26 +875,13 @@ async def run_batch(gw: GatewayProcess, batch: list[Frame]) -> None:
     await assert_gateway_healthy(gw)
 
 
-def settled_fds(gw: GatewayProcess, ceiling: int | None, seconds: float = 10.0) -> int:
-    """The gateway's open descriptors once they stop changing (or drop to ``ceiling``)."""
-    deadline = time.monotonic() + seconds
-    count = gw.open_fds()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = gw.open_fds()
-        if (ceiling is not None and now <= ceiling) or (ceiling is None and now == count):
-            return now
-        count = now
-    return count
-
-
 # -- the tests ---------------------------------------------------------------------------------------------
 
 
 def test_hostile_frames_get_the_right_answers_and_break_nothing(gateway: GatewayProcess) -> None:
     since = gateway.stderr_mark()
     asyncio.run(assert_gateway_healthy(gateway))  # warm up: anything opened lazily is open now
-    baseline = settled_fds(gateway, None)
+    baseline = gateway.settled_fds(None)
 
     def hostile_batch(batch: list[Frame]) -> None:
         asyncio.run(run_batch(gateway, batch))
@@ -916,7 +903,7 @@ def test_hostile_frames_get_the_right_answers_and_break_nothing(gateway: Gateway
     finally:
         gateway.assert_no_traceback(since)
     # Every client has gone: whatever they made the gateway open (sockets, sessions' resources) is closed.
-    after = settled_fds(gateway, baseline + 2)
+    after = gateway.settled_fds(baseline + 2)
     assert after <= baseline + 2, f"{after} descriptors open after the fuzzing, {baseline} before"
 
 
