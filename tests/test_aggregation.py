@@ -160,3 +160,27 @@ async def test_capabilities_are_the_union_of_the_backends(start_gateway: StartGa
     caps2 = (await (await gw2.client(initialize=False)).initialize())["capabilities"]
     assert "logging" not in caps2 and "completions" not in caps2
     assert "subscribe" not in caps2.get("resources", {})
+
+
+async def test_completion_of_a_template_variable_routes_by_the_exposed_uri(
+    start_gateway: StartGateway,
+) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    client = await gw.client()
+    done = await client.call(
+        "completion/complete",
+        {
+            "ref": {"type": "ref/resource", "uri": "portico://ev/memo://item/{id}"},
+            "argument": {"name": "id", "value": "1"},
+        },
+    )
+    assert done["completion"]["values"] == ["1", "12"]
+    with pytest.raises(RpcError) as unknown:
+        await client.call(
+            "completion/complete",
+            {
+                "ref": {"type": "ref/resource", "uri": "memo://item/{id}"},
+                "argument": {"name": "id", "value": ""},
+            },
+        )
+    assert unknown.value.code == -32602
