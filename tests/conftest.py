@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,28 @@ def everything(tag: str = "", **extra: Any) -> dict[str, Any]:
         "env": {"FIXTURE_TAG": tag},
         **extra,
     }
+
+
+@asynccontextmanager
+async def listening_fixture(script: str, *args: str) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """Run a network fixture backend (tests/fixtures/SCRIPT --port 0 ...) until its LISTENING line; yield
+    its URL and process; stop it on the way out (it may be gone already: the `crash` tool ends it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(FIXTURES / script), "--port", "0", *args, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+        assert line.startswith("LISTENING "), line
+        yield line.split(" ", 1)[1], process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def fixture_server(script: str, **extra: Any) -> dict[str, Any]:

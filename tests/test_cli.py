@@ -293,6 +293,22 @@ async def test_serve_two_backends_then_sigterm_leaves_nothing_behind(
         await stop(process)
 
 
+async def refused_start(process: asyncio.subprocess.Process, stderr: Path) -> list[str]:
+    """Wait for a `serve` that must refuse to start: non-zero exit, never listening, no traceback, and
+    exactly one `portico: ...` line, which is returned (as a one-item list)."""
+    async with asyncio.timeout(60):
+        assert process.stdout is not None
+        out = (await process.stdout.read()).decode()
+        code = await process.wait()
+    text = stderr.read_text()
+    assert code != 0
+    assert "listening" not in out
+    assert "Traceback" not in text, text
+    problem = [line for line in text.splitlines() if line.startswith("portico: ")]
+    assert len(problem) == 1, text
+    return problem
+
+
 async def test_serve_with_colliding_names_in_mode_never_fails_naming_both(tmp_path: Path, tag: str) -> None:
     path = write_config(
         tmp_path,
@@ -303,16 +319,7 @@ async def test_serve_with_colliding_names_in_mode_never_fails_naming_both(tmp_pa
     )
     process, stderr = await start_serve(["serve", "--config", str(path), "--port", "0"], tmp_path)
     try:
-        async with asyncio.timeout(60):
-            assert process.stdout is not None
-            out = (await process.stdout.read()).decode()
-            code = await process.wait()
-        text = stderr.read_text()
-        assert code != 0
-        assert "listening" not in out
-        assert "Traceback" not in text, text
-        problem = [line for line in text.splitlines() if line.startswith("portico: ")]
-        assert len(problem) == 1, text
+        problem = await refused_start(process, stderr)
         assert "'first-one'" in problem[0]
         assert "'second-one'" in problem[0]
         assert "never" in problem[0]
@@ -331,16 +338,7 @@ async def test_serve_on_a_port_in_use_fails_cleanly(tmp_path: Path, tag: str) ->
         port = taken.getsockname()[1]
         process, stderr = await start_serve(["serve", "--config", str(path), "--port", str(port)], tmp_path)
         try:
-            async with asyncio.timeout(60):
-                assert process.stdout is not None
-                out = (await process.stdout.read()).decode()
-                code = await process.wait()
-            text = stderr.read_text()
-            assert code != 0
-            assert "listening" not in out
-            assert "Traceback" not in text, text
-            problem = [line for line in text.splitlines() if line.startswith("portico: ")]
-            assert len(problem) == 1, text
+            problem = await refused_start(process, stderr)
             assert "cannot listen" in problem[0]
             assert "in use" in problem[0].lower()
             assert processes_tagged(f"{tag}-a") == []

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
-from tests.conftest import FIXTURES, StartGateway
+from tests.conftest import StartGateway, listening_fixture
 from tests.rawclient import Message
 from tests.test_aggregation import text_of
 from tests.test_bidirectional import call
@@ -22,31 +19,10 @@ HttpBackend = Callable[..., AbstractAsyncContextManager[tuple[str, asyncio.subpr
 
 @pytest.fixture
 def http_backend() -> HttpBackend:
-    @asynccontextmanager
-    async def run(transport: str, *flags: str) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(FIXTURES / "http_backend.py"),
-            "--transport",
-            transport,
-            "--port",
-            "0",
-            *flags,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert process.stdout is not None
-            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
-            assert line.startswith("LISTENING "), line
-            yield line.split(" ", 1)[1], process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    def run(
+        transport: str, *flags: str
+    ) -> AbstractAsyncContextManager[tuple[str, asyncio.subprocess.Process]]:
+        return listening_fixture("http_backend.py", "--transport", transport, *flags)
 
     return run
 

@@ -27,6 +27,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from yarl import URL
 
+from proxy import jsonrpc
 from proxy.transports.http import HTTP_SESSIONS
 from tests.conftest import RunningGateway, StartGateway, everything
 
@@ -54,18 +55,10 @@ _ids = itertools.count(1)
 
 
 def request(method: str, params: dict[str, Any] | None = None, request_id: Any = None) -> Message:
-    message: Message = {"jsonrpc": "2.0", "id": next(_ids) if request_id is None else request_id}
-    message["method"] = method
-    if params is not None:
-        message["params"] = params
-    return message
+    return jsonrpc.request(next(_ids) if request_id is None else request_id, method, params)
 
 
-def notification(method: str, params: dict[str, Any] | None = None) -> Message:
-    message: Message = {"jsonrpc": "2.0", "method": method}
-    if params is not None:
-        message["params"] = params
-    return message
+notification = jsonrpc.notification
 
 
 def tool_call(tool: str, /, request_id: Any = None, progress: str | None = None, **arguments: Any) -> Message:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +9,7 @@ import mcp_types as types
 import pytest
 from mcp import ClientSession
 
-from tests.conftest import FIXTURES, StartGateway, everything
+from tests.conftest import StartGateway, everything, listening_fixture
 from tests.mcp_ws_client import ws_transport
 from tests.rawclient import Message
 from tests.test_aggregation import text_of
@@ -22,23 +19,8 @@ from tests.test_bidirectional import call
 @pytest.fixture
 async def ws_backend_url() -> AsyncIterator[str]:
     """tests/fixtures/ws_backend.py as a real subprocess: the everything server over WebSocket."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(FIXTURES / "ws_backend.py"),
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
-        assert line.startswith("LISTENING "), line
-        yield line.split(" ", 1)[1]
-    finally:
-        # The `crash` tool ends the whole backend process, so it may be gone already.
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        await asyncio.wait_for(process.wait(), 10)
+    async with listening_fixture("ws_backend.py") as (url, _):
+        yield url
 
 
 async def test_websocket_backend_is_aggregated_and_called(
