@@ -5,6 +5,11 @@ resources and, for ``session: shared`` backends, carries every client's calls. A
 backend also opens one link per client session on its first call and closes it when that session ends,
 so backends that keep per-caller state, or call back to the client, see one caller per session.
 
+The era a backend speaks is learnt on the catalog link (``era: auto``) and remembered. A modern backend
+is stateless, so every client's calls share the catalog link, each carrying its caller's own envelope;
+when such a backend asks a legacy client for input (an ``InputRequiredResult``), the gateway puts each
+request to the client as an ordinary server-to-client request and retries with the answers.
+
 Server-to-client requests arriving on a per-client link belong to that link's client. On a shared link
 they belong to the one client with calls in flight to this backend; when several have, no one can tell
 whose it is, and the backend gets an error saying to use ``session: per-client`` rather than a guess that
@@ -21,10 +26,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from proxy import jsonrpc
+from proxy import eras, jsonrpc
+from proxy.backend_listen import UpstreamListener
 from proxy.config import RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors.base import Connector
-from proxy.errors import BackendUnavailable, ErrorCode
+from proxy.errors import BackendError, BackendUnavailable, ErrorCode, InvalidParams, PorticoError
 from proxy.jsonrpc import Message
 from proxy.router import LIST_METHODS, BackendLists
 from proxy.upstream import UpstreamLink
@@ -32,6 +38,9 @@ from proxy.upstream import UpstreamLink
 log = logging.getLogger("portico.backend")
 
 _MAX_LIST_PAGES = 1000
+# How many times one call may come back asking for input before the gateway gives up on it.
+_MAX_INPUT_ROUNDS = 16
+_INPUT_METHODS = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
 _SET_LEVEL_SECONDS = 10.0
 # Capabilities a shared link declares: the gateway can route these to the calling client. Roots are
 # left out because roots belong to one client and a shared session has many.
@@ -61,6 +70,9 @@ class ClientIdentity(Protocol):
     @property
     def client_capabilities(self) -> dict[str, Any]: ...
 
+    @property
+    def log_level(self) -> str | None: ...
+
 
 class BackendEvents(Protocol):
     """How a backend reaches the clients; implemented by the gateway."""
@@ -85,7 +97,7 @@ class Backend:
         self,
         name: str,
         config: StdioBackendConfig | RemoteBackendConfig,
-        connector_factory: Callable[[], Connector],
+        connector_factory: Callable[..., Connector],
         events: BackendEvents,
         gateway_info: dict[str, Any],
     ) -> None:
@@ -96,7 +108,14 @@ class Backend:
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] = {}
         self.instructions: str | None = None
+        # "auto" until the catalog link has learnt the backend's era, then "legacy" or "modern".
+        self.era: str = config.era
+        # How long each list may be cached and by whom, as the backend said (modern backends only).
+        self.cache_hints: dict[str, tuple[int, str]] = {}
         self._connector_factory = connector_factory
+        # The transport actually used, once a fallback (Streamable HTTP to HTTP+SSE) has happened.
+        self._transport: str | None = None
+        self._listener: UpstreamListener | None = None
         self._events = events
         self._gateway_info = gateway_info
         self._catalog_link: UpstreamLink | None = None
@@ -114,8 +133,13 @@ class Backend:
         self._relays: dict[tuple[int, Any], asyncio.Task[Any]] = {}
 
     @property
+    def modern(self) -> bool:
+        return self.era == "modern"
+
+    @property
     def shared(self) -> bool:
-        return self.config.session == "shared"
+        # A modern backend keeps no per-connection state, so one link serves every client.
+        return self.config.session == "shared" or self.modern
 
     @property
     def ready(self) -> bool:
@@ -125,17 +149,20 @@ class Backend:
 
     async def start(self) -> None:
         """Open the catalog link and read the lists; raises BackendUnavailable with the reason."""
-        link = UpstreamLink(self.name, self._connector_factory(), self, owner=None)
+        try:
+            link = await self._open_link(None, dict(_SHARED_LINK_CAPABILITIES), self._gateway_info)
+        except BackendUnavailable:
+            self.state = "down"
+            raise
         self._catalog_link = link
         try:
-            await link.start(
-                dict(_SHARED_LINK_CAPABILITIES), self._gateway_info, self.config.startup_timeout_seconds
-            )
-            result = link.initialize_result
-            self.capabilities = result.get("capabilities") or {}
-            self.server_info = result.get("serverInfo") or {}
-            self.instructions = result.get("instructions")
+            self.capabilities = link.server.get("capabilities") or {}
+            self.server_info = link.server.get("serverInfo") or {}
+            self.instructions = link.server.get("instructions")
             await self._refresh(tuple(LIST_METHODS))
+            if link.modern:
+                self._listener = UpstreamListener(self.name, link, self.capabilities)
+                await self._listener.start()
         except BackendUnavailable:
             self.state = "down"
             await link.close()
@@ -149,10 +176,40 @@ class Backend:
             raise BackendUnavailable(link.close_reason)
         self.state = "ready"
 
+    async def _open_link(
+        self, owner: str | None, capabilities: dict[str, Any], client_info: dict[str, Any]
+    ) -> UpstreamLink:
+        """A started link in the backend's era; the first one learns the era (and any fallback)."""
+        connector = self._connector_factory(transport=self._transport)
+        # HTTP+SSE predates the modern era: no backend on it can answer the probe.
+        era = "legacy" if connector.transport == "sse" else self.era
+        link = UpstreamLink(self.name, connector, self, owner)
+        try:
+            await link.start(capabilities, client_info, self.config.startup_timeout_seconds, era)
+        except BackendUnavailable:
+            await link.close()
+            alternative = connector.fallback()
+            if alternative is None:
+                raise
+            link = UpstreamLink(self.name, alternative, self, owner)
+            try:
+                await link.start(capabilities, client_info, self.config.startup_timeout_seconds, "legacy")
+            except BaseException:
+                await link.close()
+                raise
+            self._transport = alternative.transport
+        except BaseException:
+            await link.close()
+            raise
+        self.era = link.era
+        return link
+
     async def stop(self) -> None:
         self.state = "stopped"
         for task in list(self._tasks):
             task.cancel()
+        if self._listener is not None:
+            await self._listener.close()
         links = [*self._client_links.values(), *([self._catalog_link] if self._catalog_link else [])]
         self._client_links.clear()
         await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
@@ -178,17 +235,84 @@ class Backend:
         """Forward a request for ``session`` and return the backend's response message."""
         if not self.ready:
             raise BackendUnavailable(f"backend {self.name!r} is unavailable ({self.state})")
+        deadline = asyncio.get_running_loop().time() + timeout
         link = await self._link_for(session, timeout)
         progress_id = self._remap_progress(session.id, params)
         self._inflight[session.id] += 1
         try:
-            return await link.request(method, params, timeout=timeout)
+            if not link.modern:
+                return await link.request(method, eras.for_legacy_backend(params), timeout=timeout)
+            caller_is_modern = eras.is_modern({"params": params})
+            params = eras.with_envelope(
+                params, session.client_capabilities, session.client_info, session.log_level
+            )
+            reply = await link.request(method, params, timeout=timeout)
+            if caller_is_modern:
+                return reply
+            return await self._bridge_input_requests(session, link, method, params, reply, deadline)
         finally:
             self._inflight[session.id] -= 1
             if not self._inflight[session.id]:
                 del self._inflight[session.id]
             if progress_id is not None:
                 self._progress.pop(progress_id, None)
+
+    async def _bridge_input_requests(
+        self,
+        session: ClientIdentity,
+        link: UpstreamLink,
+        method: str,
+        params: dict[str, Any],
+        reply: Message,
+        deadline: float,
+    ) -> Message:
+        """A modern backend's InputRequiredResult, answered for a legacy client by asking it directly.
+
+        Each input request goes to the client as the server-to-client request it used to be; the call is
+        then retried with the answers and the backend's own ``requestState``, until it completes.
+        """
+        for _ in range(_MAX_INPUT_ROUNDS):
+            result = reply.get("result")
+            if not eras.input_required(result) or not isinstance(result, dict):
+                return reply
+            retry = {key: value for key, value in params.items() if key not in eras.RETRY_KEYS}
+            requests = result.get("inputRequests")
+            if requests:
+                retry["inputResponses"] = await self._ask_client_for_inputs(session, requests)
+            if isinstance(result.get("requestState"), str):
+                retry["requestState"] = result["requestState"]
+            params = retry
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            reply = await link.request(method, params, timeout=remaining)
+        raise BackendError(f"backend {self.name!r} kept asking for input ({_MAX_INPUT_ROUNDS} rounds)")
+
+    async def _ask_client_for_inputs(self, session: ClientIdentity, requests: object) -> dict[str, Any]:
+        if not isinstance(requests, dict) or not all(
+            isinstance(r, dict) and r.get("method") in _INPUT_METHODS for r in requests.values()
+        ):
+            raise BackendError(f"backend {self.name!r} sent malformed inputRequests")
+        keys = list(requests)
+        replies = await asyncio.gather(
+            *(
+                self._events.relay_request(
+                    self, session.id, jsonrpc.request(0, requests[key]["method"], requests[key].get("params"))
+                )
+                for key in keys
+            )
+        )
+        answers: dict[str, Any] = {}
+        for key, answer in zip(keys, replies, strict=True):
+            if "error" in answer:
+                error = answer["error"]
+                raise PorticoError(
+                    f"the backend needed {requests[key]['method']} from the client, which failed: "
+                    f"{error.get('message')}",
+                    code=error.get("code")
+                    if isinstance(error.get("code"), int)
+                    else ErrorCode.INTERNAL_ERROR,
+                )
+            answers[key] = answer.get("result")
+        return answers
 
     async def notify(self, session: ClientIdentity, method: str, params: dict[str, Any] | None) -> None:
         link = self._client_links.get(session.id) if not self.shared else self._catalog_link
@@ -205,7 +329,10 @@ class Backend:
 
     async def set_log_level(self, session: ClientIdentity, level: str) -> None:
         """Tell the backend how much to log. A per-client link that is not open yet gets the level when it
-        opens, rather than a process started only to hear it."""
+        opens, rather than a process started only to hear it. A modern backend has no such method: each
+        call carries its caller's level instead."""
+        if self.modern:
+            return
         if not self.shared:
             self._log_levels[session.id] = level
             link = self._client_links.get(session.id)
@@ -216,6 +343,12 @@ class Backend:
             log.info("backend %s refused logging/setLevel: %s", self.name, reply["error"].get("message"))
 
     async def subscribe(self, session: ClientIdentity, uri: str, timeout: float) -> Message:
+        if self._listener is not None:
+            if not self._listener.subscribable:
+                raise InvalidParams(f"Invalid params: backend {self.name!r} offers no resource subscriptions")
+            self._subscribers.setdefault(uri, set()).add(session.id)
+            await self._listener.watch(frozenset(self._subscribers))
+            return jsonrpc.result(None, {})
         if not self.shared:
             reply = await self.call(session, "resources/subscribe", {"uri": uri}, timeout)
         elif self._subscribers.get(uri):
@@ -239,6 +372,9 @@ class Backend:
         if subscribers:
             return
         self._subscribers.pop(uri, None)
+        if self._listener is not None:
+            await self._listener.watch(frozenset(self._subscribers))
+            return
         link = self._catalog_link if self.shared else self._client_links.get(session_id)
         if link is not None and not link.closed:
             with contextlib.suppress(BackendUnavailable):
@@ -260,14 +396,7 @@ class Backend:
             return await asyncio.shield(opener)
 
     async def _open_client_link(self, session: ClientIdentity) -> UpstreamLink:
-        link = UpstreamLink(self.name, self._connector_factory(), self, owner=session.id)
-        try:
-            await link.start(
-                session.client_capabilities, session.client_info, self.config.startup_timeout_seconds
-            )
-        except BaseException:
-            await link.close()
-            raise
+        link = await self._open_link(session.id, session.client_capabilities, session.client_info)
         self._client_links[session.id] = link
         level = self._log_levels.get(session.id)
         if level is not None and "logging" in self.capabilities:
@@ -319,6 +448,15 @@ class Backend:
     def on_server_notification(self, link: UpstreamLink, message: Message) -> None:
         method = message["method"]
         params = jsonrpc.params_of(message)
+        if link.modern:
+            # Listen-stream notifications are tagged with the gateway's own subscription id upstream,
+            # which means nothing to clients.
+            subscription = _pop_meta(params, eras.SUBSCRIPTION_ID_KEY)
+            if method == "notifications/subscriptions/acknowledged":
+                if self._listener is not None:
+                    self._listener.acknowledged(subscription)
+                return
+            message = {**message, "params": params}
         if method == "notifications/progress":
             target = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
             if target is not None:
@@ -389,15 +527,35 @@ class Backend:
         for _ in range(_MAX_LIST_PAGES):
             reply = await link.request(method, params, timeout=self.config.timeout_seconds)
             result = reply.get("result")
+            if (
+                not isinstance(result, dict)
+                and reply.get("error", {}).get("code") == ErrorCode.METHOD_NOT_FOUND
+            ):
+                # Offering resources without templates (say) is common: a list it lacks is an empty one.
+                return ()
             if not isinstance(result, dict):
                 error = reply.get("error", {}).get("message", "no result")
                 raise BackendUnavailable(f"{method} failed: {error}")
             items.extend(item for item in result.get(key) or () if isinstance(item, dict))
+            self._note_cache_hint(method, result, first_page=not params)
             cursor = result.get("nextCursor")
             if not cursor:
                 break
             params = {"cursor": cursor}
         return tuple(items)
+
+    def _note_cache_hint(self, method: str, result: dict[str, Any], *, first_page: bool) -> None:
+        # A list is as fresh as its stalest page and as private as its most private one.
+        ttl, scope = result.get("ttlMs"), result.get("cacheScope")
+        if not (isinstance(ttl, int) and ttl >= 0 and scope in ("public", "private")):
+            self.cache_hints.pop(method, None)
+            return
+        if not first_page and method not in self.cache_hints:
+            return
+        if not first_page:
+            ttl = min(ttl, self.cache_hints[method][0])
+            scope = "private" if "private" in (scope, self.cache_hints[method][1]) else scope
+        self.cache_hints[method] = (ttl, scope)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -408,3 +566,16 @@ class Backend:
 
 def _as_dict(lists: BackendLists) -> dict[str, tuple[dict[str, Any], ...]]:
     return {key: getattr(lists, key) for key, _ in LIST_METHODS.values()}
+
+
+def _pop_meta(params: dict[str, Any], key: str) -> Any:
+    """Remove one key from ``params["_meta"]`` in place (dropping an emptied ``_meta``); return its value."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or key not in meta:
+        return None
+    rest = {k: v for k, v in meta.items() if k != key}
+    if rest:
+        params["_meta"] = rest
+    else:
+        del params["_meta"]
+    return meta[key]

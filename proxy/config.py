@@ -67,6 +67,9 @@ class NamespacingConfig(_Strict):
 
 class _BackendBase(_Strict):
     session: Literal["shared", "per-client"] = "shared"
+    # Which era of MCP to speak to the backend. ``auto`` asks the backend (``server/discover``, falling
+    # back to the ``initialize`` handshake) and remembers the answer; the others skip the probe.
+    era: Literal["auto", "legacy", "modern"] = "auto"
     timeout_seconds: float = Field(60.0, gt=0)
     startup_timeout_seconds: float = Field(30.0, gt=0)
     # The largest message accepted from this backend; a bigger one is dropped whole, never truncated.
@@ -138,9 +141,20 @@ class PluginEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class RequestStateConfig(_Strict):
+    """The ``requestState`` the gateway issues when a legacy backend asks a modern client for input."""
+
+    # How long a client may take to come back with its answers; the backend's call waits that long.
+    ttl_seconds: float = Field(300.0, gt=0)
+    # The HMAC key (at least 32 characters, e.g. ``${PORTICO_STATE_SECRET}``); a random one per process
+    # when unset.
+    secret: str | None = Field(None, min_length=32)
+
+
 class GatewayConfig(_Strict):
     listen: ListenConfig = ListenConfig()
     namespacing: NamespacingConfig = NamespacingConfig()
+    request_state: RequestStateConfig = RequestStateConfig()
     mcpServers: dict[str, BackendConfig] = Field(default_factory=dict)
     plugins: tuple[PluginEntry, ...] = ()
     # Where the file was read from; resolves relative ``cwd`` values. Not part of the file.

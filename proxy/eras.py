@@ -27,6 +27,9 @@ PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
+MODERN_VERSION = MODERN_VERSIONS[0]
 
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
@@ -173,9 +176,34 @@ def decode_header_value(value: str | None) -> str | None:
         return None
 
 
-ENVELOPE_KEYS = frozenset(
-    {PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY, CLIENT_INFO_KEY, "io.modelcontextprotocol/logLevel"}
-)
+def encode_header_value(value: str) -> str:
+    """A value as an HTTP header carries it: as it is when plain visible ASCII, else in the base64 form."""
+    plain = (
+        value == value.strip(" \t")
+        and all(c in "\t" or 0x20 <= ord(c) <= 0x7E for c in value)
+        and not (value.startswith("=?base64?") and value.endswith("?="))
+    )
+    if plain:
+        return value
+    return "=?base64?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
+
+
+def request_headers(message: dict[str, Any]) -> dict[str, str]:
+    """The headers a modern POST must carry: they repeat what the body says, for intermediaries."""
+    method = str(message.get("method"))
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(PROTOCOL_VERSION_KEY) if isinstance(meta, dict) else None
+    headers = {VERSION_HEADER: str(version or MODERN_VERSION), METHOD_HEADER: method}
+    name_key = NAME_BEARING_METHODS.get(method)
+    if name_key is not None and isinstance(params, dict) and isinstance(params.get(name_key), str):
+        headers[NAME_HEADER] = encode_header_value(params[name_key])
+    return headers
+
+
+ENVELOPE_KEYS = frozenset({PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY, CLIENT_INFO_KEY, LOG_LEVEL_KEY})
+# Parameters of the modern era's multi-round-trip requests, which a handshake-era server would not know.
+RETRY_KEYS = ("inputResponses", "requestState")
 
 
 def for_legacy_backend(params: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +220,42 @@ def for_legacy_backend(params: dict[str, Any]) -> dict[str, Any]:
     if kept:
         trimmed["_meta"] = kept
     return trimmed
+
+
+def with_envelope(
+    params: dict[str, Any] | None,
+    capabilities: dict[str, Any],
+    client_info: dict[str, Any],
+    log_level: str | None = None,
+) -> dict[str, Any]:
+    """Params for a modern backend: the caller's own envelope where it sent one, else the one given."""
+    params = dict(params or {})
+    meta = params.get("_meta")
+    stamped = dict(meta) if isinstance(meta, dict) else {}
+    stamped.setdefault(PROTOCOL_VERSION_KEY, MODERN_VERSION)
+    stamped.setdefault(CLIENT_CAPABILITIES_KEY, capabilities)
+    if client_info:  # optional, but when present it must name the client: no empty object
+        stamped.setdefault(CLIENT_INFO_KEY, client_info)
+    if log_level is not None:
+        stamped.setdefault(LOG_LEVEL_KEY, log_level)
+    params["_meta"] = stamped
+    return params
+
+
+def input_required(result: object) -> bool:
+    """Whether a result asks the client for more input before the request can complete (MRTR)."""
+    return isinstance(result, dict) and result.get("resultType") == "input_required"
+
+
+# The legacy era's "resource not found"; the modern era reports it as invalid params.
+LEGACY_RESOURCE_NOT_FOUND = -32002
+
+
+def modern_error(error: dict[str, Any]) -> dict[str, Any]:
+    """An error as the modern era spells it (it has no -32002, from a legacy backend or the gateway)."""
+    if error.get("code") == LEGACY_RESOURCE_NOT_FOUND:
+        return {**error, "code": -32602}
+    return error
 
 
 def complete_result(method: str, result: dict[str, Any], server_info: dict[str, Any]) -> dict[str, Any]:

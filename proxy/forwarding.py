@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 from proxy import eras, jsonrpc
 from proxy.chain import Context, Route
 from proxy.errors import InvalidParams, PorticoError
+from proxy.input_bridge import RESUMABLE_METHODS
 from proxy.jsonrpc import Message
 from proxy.router import Catalog
 
 if TYPE_CHECKING:
+    from proxy.backend import Backend
     from proxy.gateway import Gateway
     from proxy.session import Session
 
-RESOURCE_NOT_FOUND = -32002
-
 
 class ResourceNotFound(PorticoError):
-    code = RESOURCE_NOT_FOUND
+    code = eras.LEGACY_RESOURCE_NOT_FOUND
 
 
 class Forwarder:
@@ -70,11 +70,30 @@ class Forwarder:
             reply = await backend.subscribe(session, route.name, timeout)
         elif ctx.method == "resources/unsubscribe":
             reply = await backend.unsubscribe(session, route.name, timeout)
+        elif ctx.method in RESUMABLE_METHODS and self._bridges_input(ctx, backend):
+            reply = await self._call_with_input_bridge(ctx, session, backend, own_params, timeout)
         else:
             reply = await backend.call(session, ctx.method, own_params, timeout)
         if "result" in reply and isinstance(reply["result"], dict):
             return jsonrpc.result(message["id"], self._expose_result(ctx.method, route, reply["result"]))
         return {**reply, "id": message["id"], "jsonrpc": "2.0"}
+
+    @staticmethod
+    def _bridges_input(ctx: Context, backend: Backend) -> bool:
+        """A modern client calling a legacy backend: the backend's questions need the input bridge."""
+        return ctx.protocol_version in eras.MODERN_VERSIONS and not backend.modern
+
+    async def _call_with_input_bridge(
+        self, ctx: Context, session: Session, backend: Backend, params: dict[str, Any], timeout: float
+    ) -> Message:
+        inputs = self.gateway.inputs
+        state = params.get("requestState")
+        if state is not None:
+            if not inputs.owns(state):
+                raise InvalidParams("Invalid params: requestState was not issued by this gateway")
+            return await inputs.resume(ctx, state, params)
+        params = {key: value for key, value in params.items() if key not in eras.RETRY_KEYS}
+        return await inputs.call(ctx, session, lambda: backend.call(session, ctx.method, params, timeout))
 
     def _expose_result(self, method: str, route: Route, result: dict[str, Any]) -> dict[str, Any]:
         # URIs a backend puts in results must work through the gateway, so they get the exposed form.
@@ -89,6 +108,11 @@ class Forwarder:
                 **result,
                 "content": [_expose_content(catalog, route.backend, c) for c in result["content"]],
             }
+        if method == "prompts/get" and isinstance(result.get("messages"), list):
+            return {
+                **result,
+                "messages": [_expose_message(catalog, route.backend, m) for m in result["messages"]],
+            }
         return result
 
     def expose_notification_uri(self, backend: str, message: Message) -> Message:
@@ -100,7 +124,7 @@ class Forwarder:
 
 def _with_own_name(method: str, params: dict[str, Any], route: Route) -> dict[str, Any]:
     # A copy: the client's message stays as it was for plugins that look at it on the way back.
-    own = eras.for_legacy_backend(dict(params))
+    own = dict(params)
     if method in ("tools/call", "prompts/get"):
         own["name"] = route.name
     elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
@@ -110,6 +134,12 @@ def _with_own_name(method: str, params: dict[str, Any], route: Route) -> dict[st
         ref["name" if ref.get("type") == "ref/prompt" else "uri"] = route.name
         own["ref"] = ref
     return own
+
+
+def _expose_message(catalog: Catalog, backend: str, message: Any) -> Any:
+    if isinstance(message, dict) and isinstance(message.get("content"), dict):
+        return {**message, "content": _expose_content(catalog, backend, message["content"])}
+    return message
 
 
 def _expose_content(catalog: Catalog, backend: str, item: Any) -> Any:

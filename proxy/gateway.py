@@ -29,7 +29,9 @@ from proxy.errors import (
     MethodNotFound,
 )
 from proxy.forwarding import Forwarder
+from proxy.input_bridge import InputBridge
 from proxy.jsonrpc import Message
+from proxy.listen_hub import ListenHub
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
 
@@ -65,6 +67,11 @@ class Gateway:
         self.to_backend = Chain(plugins, self._to_backend)
         self.to_client = Chain(plugins, self._to_client)
         self.forwarder = Forwarder(self)
+        self.listens = ListenHub(self)
+        state = config.request_state
+        self.inputs = InputBridge(
+            state.secret.encode() if state.secret else None, state.ttl_seconds, self.end_session
+        )
         self._http: aiohttp.ClientSession | None = None
         self._version = 0
         self._closing: set[asyncio.Task[None]] = set()
@@ -109,6 +116,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        await self.listens.shut_down()
         for session in list(self.sessions.values()):
             self.end_session(session)
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -130,6 +138,7 @@ class Gateway:
 
     async def session_ended(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self.inputs.forget(session.id)
         await asyncio.gather(
             *(b.forget_session(session.id) for b in self.backends.values()), return_exceptions=True
         )
@@ -198,6 +207,8 @@ class Gateway:
             return jsonrpc.result(request_id, {})
         if method == "server/discover":
             return jsonrpc.result(request_id, self.discover())
+        if method == "subscriptions/listen":
+            return await self.listens.serve(ctx, session, message)
         if method == "initialize":
             return jsonrpc.result(request_id, session.initialize(params))
         if method == "logging/setLevel":
@@ -276,7 +287,9 @@ class Gateway:
             message = self.forwarder.expose_notification_uri(backend.name, message)
         route = Route(backend.name, "backend", message["method"], message["method"])
         for session in targets:
-            if session.wants(message):
+            if message["method"] == "notifications/resources/updated" and self.listens.listening(session):
+                self.listens.resource_updated(session, message)
+            elif session.wants(message):
                 session.post(self.context(session, message, Direction.TO_CLIENT, route), message)
 
     def backend_changed(self, backend: Backend) -> None:
@@ -306,6 +319,7 @@ class Gateway:
             for session in list(self.sessions.values()):
                 if session.initialized:
                     session.post(self.context(session, notice, Direction.TO_CLIENT, route), notice)
+                self.listens.list_changed(session, method)
 
     def _rebuild_catalog(self) -> None:
         self._version += 1

@@ -70,6 +70,10 @@ class Session:
         self.initialized = False
         self.log_level: str | None = None
         self.closed = False
+        # Calls parked for a modern client's retry (see proxy.input_bridge); the session outlives its
+        # transport's request until they end. ``released``: the transport has let the session go.
+        self.parked = 0
+        self.released = False
         self._channel = channel
         # Which client request a progress token belongs to, so progress travels with that request.
         self._progress_owners: dict[str | int, RequestId] = {}
@@ -189,12 +193,17 @@ class Session:
                 )
         except PorticoError as exc:
             return jsonrpc.error_from(message["id"], exc)
+        if self.protocol_version is None:
+            # Without a handshake, the request itself says who the client is and what it can answer.
+            self.client_capabilities, self.client_info = envelope.capabilities, envelope.client_info
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
         ctx.protocol_version = envelope.version
         reply = await self.gateway.to_backend.dispatch(ctx, message)
         if reply is not None and isinstance(reply.get("result"), dict):
             reply["result"] = eras.complete_result(message["method"], reply["result"], self.gateway.info)
+        elif reply is not None and isinstance(reply.get("error"), dict):
+            reply["error"] = eras.modern_error(reply["error"])
         return reply
 
     async def _dispatch_notification(self, message: Message) -> None:
@@ -226,7 +235,13 @@ class Session:
     # -- to the client -----------------------------------------------------------------------------------
 
     async def ask_client(self, message: Message, timeout: float) -> Message:
-        """Send a backend's request to the client under a gateway id; return the client's response."""
+        """Send a backend's request to the client under a gateway id; return the client's response.
+
+        A client that never made the handshake speaks the modern era and cannot be sent requests; the
+        question waits for its retry instead (proxy.input_bridge).
+        """
+        if self.protocol_version is None:
+            return await self.gateway.inputs.ask(self, message)
         ask_id = next(self._ask_ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._asked[ask_id] = future
@@ -263,9 +278,14 @@ class Session:
 
     async def send_message(self, message: Message) -> None:
         related = None
+        params = jsonrpc.params_of(message)
+        meta = params.get("_meta")
         if message.get("method") == "notifications/progress":
-            token = jsonrpc.params_of(message).get("progressToken")
+            token = params.get("progressToken")
             related = self._progress_owners.get(token) if isinstance(token, str | int) else None
+        elif isinstance(meta, dict) and jsonrpc.is_valid_id(meta.get(eras.SUBSCRIPTION_ID_KEY)):
+            # A listen stream's notification travels on that stream.
+            related = meta[eras.SUBSCRIPTION_ID_KEY]
         await self._send(message, related)
 
     def wants(self, message: Message) -> bool:

@@ -1,4 +1,9 @@
-"""One MCP client session to a backend, over any connector: handshake, ids and pending calls.
+"""One MCP client connection to a backend, over any connector: era, handshake, ids and pending calls.
+
+The link finds out which era the backend speaks, as the specification describes: a ``server/discover``
+probe first (a modern server answers it), and the legacy ``initialize`` handshake when the probe fails in
+any way. On a modern link every request carries the envelope (protocol version, client capabilities and
+info) in ``_meta``; the caller's own envelope wins where it sent one.
 
 The link owns the upstream id space: every request it sends gets the next integer, so ids from
 different clients can never collide on the backend. Requests the backend sends (sampling, elicitation,
@@ -13,14 +18,17 @@ import itertools
 import logging
 from typing import Any, Protocol
 
-from proxy import jsonrpc
+from proxy import eras, jsonrpc
 from proxy.connectors.base import Connector
 from proxy.errors import BackendTimeout, BackendUnavailable, InvalidRequest
 from proxy.jsonrpc import Kind, Message, RequestId
 
 log = logging.getLogger("portico.upstream")
 
-LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+LEGACY_VERSIONS = eras.HANDSHAKE_VERSIONS
+# The discovery probe gets at most this long: a legacy server answers an unknown method at once, and one
+# that says nothing is treated as legacy rather than holding up start-up.
+_PROBE_SECONDS = 10.0
 
 
 class UpstreamHandler(Protocol):
@@ -44,7 +52,12 @@ class UpstreamLink:
         self.handler = handler
         # The client session this link serves alone, or None for a link shared by every client.
         self.owner = owner
-        self.initialize_result: dict[str, Any] = {}
+        # "legacy" (handshake sessions) or "modern" (2026-07-28, stateless), once started.
+        self.era = "legacy"
+        # What the backend said of itself: capabilities, serverInfo, instructions, protocolVersion.
+        self.server: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.client_info: dict[str, Any] = {}
         self.closed = False
         self.close_reason = ""
         self._ids = itertools.count(1)
@@ -56,13 +69,47 @@ class UpstreamLink:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    async def start(self, capabilities: dict[str, Any], client_info: dict[str, Any], timeout: float) -> None:
-        """Connect and do the legacy handshake; raises BackendUnavailable if either fails."""
+    async def start(
+        self, capabilities: dict[str, Any], client_info: dict[str, Any], timeout: float, era: str = "auto"
+    ) -> None:
+        """Connect and learn the backend's era (``era`` "auto"), or use the one given; raises
+        BackendUnavailable if the backend cannot be reached or speaks neither."""
+        self.capabilities, self.client_info = capabilities, client_info
         await self.connector.open(self._on_message, self._on_closed)
+        if era != "legacy" and await self._discover(timeout, required=era == "modern"):
+            return
+        await self._handshake(timeout)
+
+    async def _discover(self, timeout: float, *, required: bool) -> bool:
+        """Probe with ``server/discover``; True when the backend speaks the modern era."""
+        params = eras.with_envelope({}, self.capabilities, self.client_info)
+        why = ""
+        try:
+            reply = await self.request("server/discover", params, timeout=min(timeout, _PROBE_SECONDS))
+        except BackendTimeout:
+            reply, why = {}, "no answer to server/discover"
+        result = reply.get("result")
+        versions = result.get("supportedVersions") if isinstance(result, dict) else None
+        if isinstance(result, dict) and isinstance(versions, list) and eras.MODERN_VERSION in versions:
+            meta = result.get("_meta")
+            self.era = "modern"
+            self.server = {
+                "protocolVersion": eras.MODERN_VERSION,
+                "capabilities": result.get("capabilities") or {},
+                "serverInfo": (meta.get(eras.SERVER_INFO_KEY) if isinstance(meta, dict) else None) or {},
+                "instructions": result.get("instructions"),
+            }
+            return True
+        if required:
+            why = why or _describe(reply)
+            raise BackendUnavailable(f"the backend does not speak {eras.MODERN_VERSION}: {why}")
+        return False
+
+    async def _handshake(self, timeout: float) -> None:
         params = {
             "protocolVersion": LEGACY_VERSIONS[0],
-            "capabilities": capabilities,
-            "clientInfo": client_info,
+            "capabilities": self.capabilities,
+            "clientInfo": self.client_info,
         }
         reply = await self.request("initialize", params, timeout=timeout)
         if "error" in reply:
@@ -71,18 +118,37 @@ class UpstreamLink:
         if not isinstance(result, dict) or result.get("protocolVersion") not in LEGACY_VERSIONS:
             version = result.get("protocolVersion") if isinstance(result, dict) else None
             raise BackendUnavailable(f"initialize answered an unsupported protocol version {version!r}")
-        self.initialize_result = result
+        self.server = result
         await self.notify("notifications/initialized")
 
-    async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> Message:
+    @property
+    def modern(self) -> bool:
+        return self.era == "modern"
+
+    def new_id(self) -> int:
+        """An id for a request sent later with ``request(..., request_id=...)``; streams need theirs first."""
+        return next(self._ids)
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float | None,
+        request_id: int | None = None,
+    ) -> Message:
         """Send a request and wait for the backend's response message (``result`` or ``error``).
 
-        On timeout or cancellation the backend is told with ``notifications/cancelled``, as the
-        specification asks, so it can stop working on something nobody waits for.
+        On timeout or cancellation the backend is told (``notifications/cancelled``, or on modern HTTP
+        by closing the response), as the specification asks, so it can stop working on something nobody
+        waits for. ``timeout`` None is for streams that last until cancelled (``subscriptions/listen``).
         """
         if self.closed:
             raise BackendUnavailable(f"backend {self.backend!r} is unavailable: {self.close_reason}")
-        request_id = next(self._ids)
+        if self.modern:
+            params = eras.with_envelope(params, self.capabilities, self.client_info)
+        if request_id is None:
+            request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -146,3 +212,10 @@ class UpstreamLink:
             if not future.done():
                 future.set_exception(failure)
         self.handler.on_link_closed(self, reason)
+
+
+def _describe(reply: Message) -> str:
+    error = reply.get("error")
+    if isinstance(error, dict):
+        return f"error {error.get('code')}: {error.get('message')}"
+    return "an answer without supportedVersions"

@@ -26,11 +26,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def everything(tag: str = "", **extra: Any) -> dict[str, Any]:
-    """A backend entry running tests/fixtures/everything_server.py over stdio."""
+    """A backend entry running tests/fixtures/everything_server.py over stdio.
+
+    The fixture speaks both eras; most tests exercise the handshake era's features (server-to-client
+    requests, subscriptions, logging/setLevel), so it is spoken to in that era unless ``era`` says
+    otherwise.
+    """
     return {
         "command": sys.executable,
         "args": [str(FIXTURES / "everything_server.py")],
         "env": {"FIXTURE_TAG": tag},
+        "era": "legacy",
         **extra,
     }
 
@@ -58,7 +64,8 @@ async def listening_fixture(script: str, *args: str) -> AsyncIterator[tuple[str,
 
 
 def fixture_server(script: str, **extra: Any) -> dict[str, Any]:
-    return {"command": sys.executable, "args": [str(FIXTURES / script)], **extra}
+    """A stdio backend entry for tests/fixtures/SCRIPT, spoken to in the handshake era (as ``everything``)."""
+    return {"command": sys.executable, "args": [str(FIXTURES / script)], "era": "legacy", **extra}
 
 
 class RunningGateway:

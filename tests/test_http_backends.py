@@ -36,7 +36,7 @@ async def test_streamable_http_backend_serves_calls(
     start_gateway: StartGateway, http_backend: HttpBackend, flags: tuple[str, ...]
 ) -> None:
     async with http_backend("streamable-http", *flags) as (url, _):
-        gw = await start_gateway({"mcpServers": {"remote": {"url": url}}})
+        gw = await start_gateway({"mcpServers": {"remote": {"url": url, "era": "legacy"}}})
         client = await gw.client()
         names = {t["name"] for t in (await client.call("tools/list"))["tools"]}
         assert {"remote_echo", "remote_slow"} <= names
@@ -51,7 +51,7 @@ async def test_streamable_http_backend_relays_progress_sampling_and_list_changes
     start_gateway: StartGateway, http_backend: HttpBackend
 ) -> None:
     async with http_backend("streamable-http") as (url, _):
-        gw = await start_gateway({"mcpServers": {"remote": {"url": url}}})
+        gw = await start_gateway({"mcpServers": {"remote": {"url": url, "era": "legacy"}}})
         client = await gw.client(capabilities={"sampling": {}})
         client.handlers["sampling/createMessage"] = sampled
         params = {**call("remote_slow", seconds=0.3, steps=3), "_meta": {"progressToken": "p"}}

@@ -27,7 +27,12 @@ async def test_websocket_backend_is_aggregated_and_called(
     start_gateway: StartGateway, ws_backend_url: str
 ) -> None:
     gw = await start_gateway(
-        {"mcpServers": {"remote": {"url": ws_backend_url, "transport": "websocket"}, "local": everything()}}
+        {
+            "mcpServers": {
+                "remote": {"url": ws_backend_url, "transport": "websocket", "era": "legacy"},
+                "local": everything(),
+            }
+        }
     )
     client = await gw.client(capabilities={"sampling": {}})
     names = {t["name"] for t in (await client.call("tools/list"))["tools"]}

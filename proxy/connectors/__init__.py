@@ -22,10 +22,12 @@ def make_connector(
     *,
     http: aiohttp.ClientSession,
     base_dir: Path,
+    transport: str | None = None,
 ) -> Connector:
+    """A connector for the backend's configured transport, or for ``transport`` once a fallback chose it."""
     if isinstance(config, StdioBackendConfig):
         return StdioConnector(backend, config, base_dir)
     remote = {"streamable-http": StreamableHttpConnector, "sse": SseConnector}.get(
-        config.transport or "", WebSocketConnector
+        transport or config.transport or "", WebSocketConnector
     )
     return remote(backend, config, http)

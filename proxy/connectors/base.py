@@ -45,6 +45,10 @@ class Connector(abc.ABC):
     async def send(self, data: bytes) -> None:
         """Send one serialized message; raises BackendUnavailable if the connection is gone."""
 
+    def fallback(self) -> Connector | None:
+        """After a failed start, another way to reach the same backend (an older transport), if any."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connection and release everything it holds (processes, sockets)."""

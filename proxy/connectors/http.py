@@ -1,10 +1,15 @@
-"""Backends reached over Streamable HTTP (the session era: one POST per message).
+"""Backends reached over Streamable HTTP, in either era: one POST per message.
 
 A POSTed request is answered with JSON or with an SSE stream that ends with the reply (and may carry the
 backend's own requests and notifications first); notifications and responses get 202. The backend's
 ``Mcp-Session-Id`` is kept here and never shown to clients. After the handshake a GET stream carries what
 the backend sends on its own (``list_changed``, ``resources/updated``), resumed with ``Last-Event-ID``
 when it breaks. HTTP failures become JSON-RPC errors for the request they answer.
+
+A modern-era request (its ``_meta`` names the protocol version) stands alone: no session id, and the
+headers repeat the method and target (``Mcp-Method``, ``Mcp-Name``). Such a request is cancelled by
+closing its response, not with ``notifications/cancelled``. A backend that refuses the handshake with
+an HTTP client error may be an old HTTP+SSE server; ``fallback`` offers that connector instead.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy import jsonrpc
+from proxy import eras, jsonrpc
 from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
+from proxy.connectors.sse import SseConnector
 from proxy.connectors.sse_events import read_events
 from proxy.errors import BackendUnavailable, ErrorCode
 
@@ -37,6 +43,10 @@ class StreamableHttpConnector(Connector):
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._initialize_id: Any = None
+        # The HTTP status with which the backend refused the handshake, if it did.
+        self._handshake_refused: int | None = None
+        # Response streams of modern requests still being read, by request id: closing one cancels it.
+        self._modern_streams: dict[Any, asyncio.Task[None]] = {}
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -44,8 +54,16 @@ class StreamableHttpConnector(Connector):
         # Nothing to connect: the first POST (initialize) opens the session.
         return None
 
-    def _headers(self, accept: str) -> dict[str, str]:
+    def fallback(self) -> Connector | None:
+        if self._handshake_refused is None:
+            return None
+        self.log.info("the handshake was refused (HTTP %d); trying HTTP+SSE", self._handshake_refused)
+        return SseConnector(self.backend, self.config, self.http)
+
+    def _headers(self, accept: str, message: dict[str, Any] | None = None) -> dict[str, str]:
         headers = {**self.config.headers, "Accept": accept}
+        if message is not None and eras.is_modern(message):
+            return headers | eras.request_headers(message)
         if self.session_id:
             headers["Mcp-Session-Id"] = self.session_id
         if self.protocol_version:
@@ -58,10 +76,18 @@ class StreamableHttpConnector(Connector):
         message = orjson.loads(data)
         if message.get("method") == "initialize":
             self._initialize_id = message.get("id")
-        headers = self._headers("application/json, text/event-stream") | {"Content-Type": "application/json"}
+        if message.get("method") == "notifications/cancelled" and self._close_stream(message):
+            return
+        headers = self._headers("application/json, text/event-stream", message) | {
+            "Content-Type": "application/json"
+        }
         try:
             response = await self.http.post(self.config.url, data=data, headers=headers, timeout=_CONNECT)
+        except aiohttp.ClientConnectorError as exc:
+            self._gone(f"the backend is unreachable: {exc}")
+            raise BackendUnavailable(f"cannot reach {self.config.url}: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
+            self._spawn(self._check_alive())
             raise BackendUnavailable(f"cannot reach {self.config.url}: {exc or type(exc).__name__}") from None
         if self._initialize_id is not None and message.get("id") == self._initialize_id:
             self.session_id = response.headers.get("Mcp-Session-Id")
@@ -69,16 +95,27 @@ class StreamableHttpConnector(Connector):
         if message.get("method") == "notifications/initialized":
             self._spawn(self._listen())
 
+    def _close_stream(self, cancellation: dict[str, Any]) -> bool:
+        """Cancel a modern request the way that era says: close its response. False if there is none."""
+        stream = self._modern_streams.pop(jsonrpc.params_of(cancellation).get("requestId"), None)
+        if stream is None:
+            return False
+        stream.cancel()
+        return True
+
     async def _take(self, response: aiohttp.ClientResponse, sent: dict[str, Any]) -> None:
-        if response.status == 404 and self.session_id:
+        modern = eras.is_modern(sent)
+        if response.status == 404 and self.session_id and not modern:
             response.release()
-            self._closed = True
-            self._report_closed("the backend ended the session (404)")
+            self._gone("the backend ended the session (404)")
             raise BackendUnavailable(f"backend {self.backend!r} ended the session")
         content_type = response.headers.get("Content-Type", "")
         if response.status == 200 and content_type.startswith("text/event-stream"):
             # Read the stream in the background: the reply comes through it when it is ready.
-            self._spawn(self._drain(response, sent))
+            stream = self._spawn(self._drain(response, sent))
+            if modern and "id" in sent:
+                self._modern_streams[sent["id"]] = stream
+                stream.add_done_callback(lambda _: self._modern_streams.pop(sent["id"], None))
             return
         body = await self._read(response)
         if 200 <= response.status < 300:
@@ -97,6 +134,8 @@ class StreamableHttpConnector(Connector):
 
     def _failed(self, sent: dict[str, Any], status: int, body: bytes) -> None:
         # An HTTP error answers the request it came back for; one carrying a JSON-RPC error says more.
+        if sent.get("method") == "initialize" and 400 <= status < 500:
+            self._handshake_refused = status
         if "id" not in sent or "method" not in sent:
             self.log.warning("POST answered %d: %.200r", status, body)
             return
@@ -118,6 +157,11 @@ class StreamableHttpConnector(Connector):
                     answered = answered or _answers(message, sent)
         except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
             self.log.warning("a response stream broke: %s", exc)
+            self._spawn(self._check_alive())
+        except asyncio.CancelledError:
+            # Closing, not releasing: the connection must really end, since that is what cancels.
+            response.close()
+            raise
         finally:
             response.release()
         if not answered and not self._closed:
@@ -148,17 +192,37 @@ class StreamableHttpConnector(Connector):
                             self._received(event.data)
             except aiohttp.ClientConnectorError as exc:
                 # Nobody listens at the backend's address any more: it is gone, not just the stream.
-                self._closed = True
-                self._report_closed(f"the backend is unreachable: {exc}")
+                self._gone(f"the backend is unreachable: {exc}")
                 return
             except (aiohttp.ClientError, OSError, BackendUnavailable) as exc:
                 self.log.info("the GET stream broke: %s", exc)
             await asyncio.sleep(_RECONNECT_SECONDS)
 
-    def _spawn(self, work: Any) -> None:
+    async def _check_alive(self) -> None:
+        """A connection broke mid-exchange: find out whether the backend is still there at all.
+
+        Any HTTP answer means it is; a refused connection means it is gone, which the gateway must know
+        even when no stream is open to tell it (a modern backend has none).
+        """
+        if self._closed:
+            return
+        try:
+            async with self.http.head(self.config.url, headers=self.config.headers, timeout=_CONNECT):
+                return
+        except aiohttp.ClientConnectorError as exc:
+            self._gone(f"the backend is unreachable: {exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            self.log.info("could not tell whether the backend is up: %s", exc)
+
+    def _gone(self, reason: str) -> None:
+        self._closed = True
+        self._report_closed(reason)
+
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         self._closed = True

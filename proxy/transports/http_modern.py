@@ -53,12 +53,19 @@ async def post(
     session = Session(gateway, "streamable-http", channel, remote=request.remote or "")
     exchange = Exchange(message["id"])
     channel.exchanges[message["id"]] = exchange
+    answered = False
     try:
         await session.receive(body)
         next_frame = _until_disconnect(request, exchange, session)
-        return await answer(request, channel, exchange, dict, next_frame=next_frame, status_of=_status_of)
+        response = await answer(request, channel, exchange, dict, next_frame=next_frame, status_of=_status_of)
+        answered = True
+        return response
     finally:
-        await asyncio.shield(gateway.end_session(session))
+        # A call parked for the client's retry keeps the session (the input bridge ends it later), unless
+        # the client went away (aiohttp cancels the handler), which cancels everything it started.
+        session.released = True
+        if not (answered and session.parked):
+            await asyncio.shield(gateway.end_session(session))
 
 
 def _until_disconnect(request: web.Request, exchange: Exchange, session: Session) -> NextFrame:

@@ -1,0 +1,255 @@
+"""A legacy backend's questions, put to a modern client the modern way (multi-round-trip requests).
+
+A legacy backend asks for sampling, elicitation or roots with a server-to-client request in the middle
+of a call, and waits for the answer. A modern (2026-07-28) client cannot be sent requests: it must be
+answered with an ``InputRequiredResult`` and it retries the call later, bringing the answers. So the
+gateway keeps the backend's call running (*parks* it), answers the client with the backend's questions
+and a ``requestState`` naming the parked call, and resumes the call when the retry arrives.
+
+The ``requestState`` is the gateway's own and the specification treats it as attacker-controlled: it is
+signed (HMAC-SHA256 with a server secret), bound to the principal and to the request (method and
+target), and expires. A parked call nobody comes back for is cancelled upstream when its state expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from proxy import jsonrpc
+from proxy.chain import Context
+from proxy.errors import ErrorCode, InvalidParams
+from proxy.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from proxy.session import Session
+
+log = logging.getLogger("portico.input")
+
+STATE_PREFIX = "portico1."
+# Requests whose results may be an InputRequiredResult.
+RESUMABLE_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
+
+
+class StateSigner:
+    """Signs and checks the claims a ``requestState`` carries; the secret never leaves the gateway."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def issue(self, claims: dict[str, Any]) -> str:
+        payload = _b64(orjson.dumps(claims))
+        return f"{STATE_PREFIX}{payload}.{self._sign(payload)}"
+
+    def claims(self, state: str) -> dict[str, Any]:
+        """The claims of a state this gateway issued; raises InvalidParams for anything else."""
+        payload, _, signature = state.removeprefix(STATE_PREFIX).partition(".")
+        if not state.startswith(STATE_PREFIX) or not hmac.compare_digest(signature, self._sign(payload)):
+            raise InvalidParams("Invalid params: requestState was not issued by this gateway or was altered")
+        try:
+            claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (binascii.Error, orjson.JSONDecodeError, ValueError):
+            raise InvalidParams("Invalid params: requestState is malformed") from None
+        if not isinstance(claims, dict):
+            raise InvalidParams("Invalid params: requestState is malformed")
+        return claims
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@dataclass(eq=False)
+class _Ask:
+    """One request of the backend's, waiting for the client's answer."""
+
+    message: Message
+    answer: asyncio.Future[Message]
+
+
+@dataclass(eq=False)
+class _ParkedCall:
+    id: str
+    session: Session
+    call: asyncio.Task[Message]
+    binding: str
+    arrivals: asyncio.Queue[_Ask] = field(default_factory=asyncio.Queue)
+    # Questions put to the client and not answered yet, by the key the client answers them under.
+    outstanding: dict[str, _Ask] = field(default_factory=dict)
+    keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    expiry: asyncio.TimerHandle | None = None
+
+
+class InputBridge:
+    """Parked calls of modern clients on legacy backends; see the module docstring."""
+
+    def __init__(
+        self, secret: bytes | None, ttl_seconds: float, end_session: Callable[[Session], Any]
+    ) -> None:
+        self._signer = StateSigner(secret or secrets.token_bytes(32))
+        self._ttl = ttl_seconds
+        self._end_session = end_session
+        self._parked: dict[str, _ParkedCall] = {}
+        # The calls running for each session, so a backend's request finds the call it belongs to.
+        self._running: dict[str, list[_ParkedCall]] = {}
+
+    def owns(self, state: object) -> bool:
+        return isinstance(state, str) and state.startswith(STATE_PREFIX)
+
+    async def call(self, ctx: Context, session: Session, start: Callable[[], Awaitable[Message]]) -> Message:
+        """Run a modern client's call on a legacy backend: its result, or the backend's questions."""
+        task = asyncio.get_running_loop().create_task(_as_coroutine(start))
+        parked = _ParkedCall(secrets.token_urlsafe(18), session, task, _binding(ctx))
+        self._parked[parked.id] = parked
+        self._running.setdefault(session.id, []).append(parked)
+        session.parked += 1
+        return await self._next(ctx, parked)
+
+    async def resume(self, ctx: Context, state: str, params: dict[str, Any]) -> Message:
+        """The client's retry: check its state, hand the answers to the backend, and go on waiting."""
+        claims = self._signer.claims(state)
+        if claims.get("exp", 0) < time.time():
+            raise InvalidParams("Invalid params: requestState has expired; send the request again")
+        if claims.get("sub") != _principal(ctx) or claims.get("req") != _binding(ctx):
+            raise InvalidParams("Invalid params: requestState belongs to another principal or request")
+        parked = self._parked.get(str(claims.get("call")))
+        if parked is None:
+            raise InvalidParams("Invalid params: the call this requestState resumes has ended; send it again")
+        answers = params.get("inputResponses", {})
+        if not isinstance(answers, dict):
+            raise InvalidParams("Invalid params: inputResponses must be an object")
+        if parked.expiry is not None:
+            parked.expiry.cancel()
+        for key in [k for k in parked.outstanding if k in answers]:
+            ask = parked.outstanding.pop(key)
+            answer = answers[key]
+            if not ask.answer.done():
+                ask.answer.set_result(
+                    jsonrpc.result(None, answer)
+                    if isinstance(answer, dict)
+                    else _error("the client's answer is not an object")
+                )
+        return await self._next(ctx, parked)
+
+    async def ask(self, session: Session, message: Message) -> Message:
+        """A backend's request during a modern client's call: wait for the answer the retry brings."""
+        running = self._running.get(session.id, [])
+        if len(running) != 1:
+            return _error("the gateway cannot tell which of the client's calls the request belongs to")
+        ask = _Ask(message, asyncio.get_running_loop().create_future())
+        running[0].arrivals.put_nowait(ask)
+        return await ask.answer
+
+    def forget(self, session_id: str) -> None:
+        """The session has closed: its parked calls end with it."""
+        for parked in list(self._running.get(session_id, [])):
+            self._end(parked)
+
+    async def _next(self, ctx: Context, parked: _ParkedCall) -> Message:
+        """Wait for the call to finish or to ask something; an answer the client left out is asked again."""
+        for key in [k for k, ask in parked.outstanding.items() if ask.answer.done()]:
+            del parked.outstanding[key]  # the backend withdrew the question
+        if not parked.outstanding and not parked.call.done():
+            arrival = asyncio.ensure_future(parked.arrivals.get())
+            try:
+                await asyncio.wait({parked.call, arrival}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                arrival.cancel()
+                self._end(parked)
+                raise
+            if arrival.done():
+                self._take(parked, arrival.result())
+            else:
+                arrival.cancel()
+        if parked.call.done():
+            self._end(parked)
+            return parked.call.result()
+        while not parked.arrivals.empty():
+            self._take(parked, parked.arrivals.get_nowait())
+        return self._input_required(ctx, parked)
+
+    def _take(self, parked: _ParkedCall, ask: _Ask) -> None:
+        parked.outstanding[f"{ask.message['method'].replace('/', '-')}-{next(parked.keys)}"] = ask
+
+    def _input_required(self, ctx: Context, parked: _ParkedCall) -> Message:
+        parked.expiry = asyncio.get_running_loop().call_later(self._ttl, self._expire, parked)
+        claims = {
+            "call": parked.id,
+            "sub": _principal(ctx),
+            "req": _binding(ctx),
+            "exp": int(time.time() + self._ttl),
+        }
+        requests = {
+            key: {"method": ask.message["method"], "params": jsonrpc.params_of(ask.message)}
+            for key, ask in parked.outstanding.items()
+        }
+        result = {
+            "resultType": "input_required",
+            "inputRequests": requests,
+            "requestState": self._signer.issue(claims),
+        }
+        return jsonrpc.result(None, result)
+
+    def _expire(self, parked: _ParkedCall) -> None:
+        log.info("a parked call expired: the client did not come back with its answers in time")
+        self._end(parked)
+
+    def _end(self, parked: _ParkedCall) -> None:
+        if self._parked.pop(parked.id, None) is None:
+            return
+        if parked.expiry is not None:
+            parked.expiry.cancel()
+        if not parked.call.done():
+            parked.call.cancel()
+        for ask in [*parked.outstanding.values(), *_drain(parked.arrivals)]:
+            if not ask.answer.done():
+                ask.answer.set_result(_error("the client did not come back with an answer"))
+        session = parked.session
+        running = self._running.get(session.id, [])
+        if parked in running:
+            running.remove(parked)
+        if not running:
+            self._running.pop(session.id, None)
+        session.parked -= 1
+        if session.released and not session.parked:
+            self._end_session(session)
+
+
+async def _as_coroutine(start: Callable[[], Awaitable[Message]]) -> Message:
+    return await start()
+
+
+def _drain(queue: asyncio.Queue[_Ask]) -> list[_Ask]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _principal(ctx: Context) -> str:
+    return "" if ctx.principal is None else str(ctx.principal)
+
+
+def _binding(ctx: Context) -> str:
+    """What a state is for: the method and the target the client named, as a digest."""
+    target = ctx.route.exposed if ctx.route is not None else ""
+    return hashlib.sha256(f"{ctx.method}\0{target}".encode()).hexdigest()[:32]
+
+
+def _error(why: str) -> Message:
+    return jsonrpc.error(None, {"code": ErrorCode.CLIENT_REQUEST_UNDELIVERABLE, "message": why})
