@@ -7,92 +7,30 @@ missing these tests fail (they never skip) and say so.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import RunningGateway, StartGateway, everything
+from tests.interop.helpers import (
+    HERE,
+    INSPECTOR,
+    MODULES,
+    NODE,
+    SCOPE,
+    SERVER_EVERYTHING,
+    SERVER_MEMORY,
+    SERVER_TIME,
+    node_env,
+    parse_json,
+    reference_backends,
+    require_installed,
+    run,
+    text_of,
+)
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
-CACHE = ROOT / ".cache" / "interop"
-NODE = CACHE / "node-bin" / "node"
-MODULES = CACHE / "node" / "node_modules"
-SCOPE = MODULES / "@modelcontextprotocol"
-INSPECTOR = SCOPE / "inspector" / "clients" / "launcher" / "build" / "index.js"
-SERVER_EVERYTHING = SCOPE / "server-everything" / "dist" / "index.js"
-SERVER_MEMORY = SCOPE / "server-memory" / "dist" / "index.js"
-SERVER_TIME = CACHE / "venv-time" / "bin" / "mcp-server-time"
 TS_CLIENT = HERE / "ts_ws_client.cjs"
-
-SETUP_HINT = "run `bash tests/interop/setup.sh` (it installs the interop tools into .cache/interop/)"
-PROCESS_TIMEOUT = 30.0
-
-
-def require_installed(*paths: Path) -> None:
-    missing = [str(p) for p in (NODE, *paths) if not p.exists()]
-    if missing:
-        pytest.fail(f"interop tools missing: {', '.join(missing)}; {SETUP_HINT}", pytrace=False)
-
-
-def text_of(result: dict[str, Any]) -> str:
-    return "".join(c.get("text", "") for c in result["content"])
-
-
-async def run(args: list[str | Path], env: dict[str, str], timeout: float = PROCESS_TIMEOUT) -> str:
-    """Run a command to completion (bounded), fail the test on a non-zero exit, return its stdout."""
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # its own process group, so a timeout kills any children too
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        pytest.fail(f"timed out after {timeout}s: {' '.join(map(str, args))}", pytrace=False)
-    finally:
-        if proc.returncode is None:  # cancelled: leave nothing behind
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    stdout, stderr = out.decode(), err.decode()
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}: {' '.join(map(str, args))}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    )
-    return stdout
-
-
-def node_env(home: Path) -> dict[str, str]:
-    """A small environment: the cached Node first on PATH, and a throwaway HOME for any state files."""
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        "PATH": f"{NODE.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "HOME": str(home),
-        "MCP_CATALOG_PATH": str(home / "mcp.json"),
-        "MCP_CLIENT_CONFIG_PATH": str(home / "client.json"),
-        "NO_COLOR": "1",
-        "CI": "1",
-    }
-
-
-def parse_json(stdout: str) -> Any:
-    """The single JSON document a tool printed (ignoring blank lines around it)."""
-    try:
-        return json.loads(stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"expected one JSON document on stdout, got:\n{stdout}", pytrace=False)
 
 
 def http_url(gw: RunningGateway, path: str) -> str:
@@ -146,20 +84,6 @@ async def test_inspector_cli(start_gateway: StartGateway, tmp_path: Path, transp
 
 
 # --- Reference servers as backends, all behind one gateway -------------------------------------
-
-
-def reference_backends(tmp_path: Path) -> dict[str, Any]:
-    return {
-        "mcpServers": {
-            "everything": {"command": str(NODE), "args": [str(SERVER_EVERYTHING), "stdio"]},
-            "memory": {
-                "command": str(NODE),
-                "args": [str(SERVER_MEMORY)],
-                "env": {"MEMORY_FILE_PATH": str(tmp_path / "memory.jsonl")},
-            },
-            "time": {"command": str(SERVER_TIME), "args": ["--local-timezone", "UTC"]},
-        }
-    }
 
 
 async def test_reference_servers_behind_one_gateway(start_gateway: StartGateway, tmp_path: Path) -> None:
