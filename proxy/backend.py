@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from proxy import eras, jsonrpc
+from proxy import eras, jsonrpc, param_headers
 from proxy.backend_listen import UpstreamListener
 from proxy.config import RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors.base import Connector
@@ -512,6 +512,9 @@ class Backend:
             for method in methods:
                 if _LIST_CAPABILITY[method] in self.capabilities:
                     changes[LIST_METHODS[method][0]] = await self._fetch_all(method)
+            if "tools" in changes:
+                changes["tools"] = param_headers.valid_tools(self.name, changes["tools"], log)
+                self._catalog().connector.note_tools(changes["tools"])
             self.lists = BackendLists(**{**_as_dict(self.lists), **changes})
 
     def _catalog(self) -> UpstreamLink:

@@ -20,6 +20,7 @@ import orjson
 from proxy.chain import Route
 from proxy.errors import InvalidParams
 from proxy.naming import NamingRules, build_name_table
+from proxy.param_headers import InvalidAnnotation, annotated_paths
 
 URI_SCHEME = "portico://"
 
@@ -54,6 +55,8 @@ class Catalog:
     # With mode "never", a resource URI routes by exact match, then by template prefix.
     uri_owners: Mapping[str, str] = field(default_factory=dict)
     template_prefixes: tuple[tuple[str, str], ...] = ()
+    # Exposed tool name -> its Mcp-Param-* header names and the argument paths they mirror.
+    param_paths: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def route_name(self, kind: str, exposed: object) -> Route | None:
         if not isinstance(exposed, str):
@@ -121,7 +124,15 @@ def build_catalog(version: int, rules: NamingRules, lists: Mapping[str, BackendL
         for t in own.resourceTemplates
         if isinstance(t.get("uriTemplate"), str)
     )
-    return Catalog(version, rules, backends, items, names, uri_owners, tuple(prefixes))
+    param_paths = {tool["name"]: paths for tool in items["tools"] if (paths := _param_paths(tool))}
+    return Catalog(version, rules, backends, items, names, uri_owners, tuple(prefixes), param_paths)
+
+
+def _param_paths(tool: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    try:
+        return annotated_paths(tool.get("inputSchema"))
+    except InvalidAnnotation:
+        return {}  # backends' lists hold only valid tools; this is for tools added by other means
 
 
 def _first_of_each_name(lists: Mapping[str, BackendLists], key: str) -> list[tuple[str, dict[str, Any]]]:

@@ -45,6 +45,10 @@ class Connector(abc.ABC):
     async def send(self, data: bytes) -> None:
         """Send one serialized message; raises BackendUnavailable if the connection is gone."""
 
+    def note_tools(self, tools: tuple[dict[str, Any], ...]) -> None:
+        """The backend's tools, as last listed; a transport that mirrors arguments in headers needs them."""
+        return None
+
     def fallback(self) -> Connector | None:
         """After a failed start, another way to reach the same backend (an older transport), if any."""
         return None

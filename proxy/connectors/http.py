@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy import eras, jsonrpc
+from proxy import eras, jsonrpc, param_headers
 from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
 from proxy.connectors.sse import SseConnector
@@ -47,6 +47,8 @@ class StreamableHttpConnector(Connector):
         self._handshake_refused: int | None = None
         # Response streams of modern requests still being read, by request id: closing one cancels it.
         self._modern_streams: dict[Any, asyncio.Task[None]] = {}
+        # Tool name -> the Mcp-Param-* headers its calls carry (x-mcp-header annotations).
+        self._param_paths: dict[str, dict[str, param_headers.Path]] = {}
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -60,10 +62,23 @@ class StreamableHttpConnector(Connector):
         self.log.info("the handshake was refused (HTTP %d); trying HTTP+SSE", self._handshake_refused)
         return SseConnector(self.backend, self.config, self.http)
 
+    def note_tools(self, tools: tuple[dict[str, Any], ...]) -> None:
+        self._param_paths = {}
+        for tool in tools:
+            with contextlib.suppress(param_headers.InvalidAnnotation):
+                paths = param_headers.annotated_paths(tool.get("inputSchema"))
+                if paths and isinstance(tool.get("name"), str):
+                    self._param_paths[tool["name"]] = paths
+
     def _headers(self, accept: str, message: dict[str, Any] | None = None) -> dict[str, str]:
         headers = {**self.config.headers, "Accept": accept}
         if message is not None and eras.is_modern(message):
-            return headers | eras.request_headers(message)
+            headers |= eras.request_headers(message)
+            params = jsonrpc.params_of(message)
+            if message.get("method") == "tools/call":
+                paths = self._param_paths.get(str(params.get("name")), {})
+                headers |= param_headers.headers_for(paths, params.get("arguments"))
+            return headers
         if self.session_id:
             headers["Mcp-Session-Id"] = self.session_id
         if self.protocol_version:

@@ -15,7 +15,7 @@ import contextlib
 import orjson
 from aiohttp import web
 
-from proxy import eras, jsonrpc
+from proxy import eras, jsonrpc, param_headers
 from proxy.errors import PorticoError
 from proxy.gateway import Gateway
 from proxy.jsonrpc import Kind, Message
@@ -47,6 +47,7 @@ async def post(
         return web.Response(status=202)
     try:
         eras.envelope(message, request.headers)
+        _check_param_headers(gateway, message, request)
     except PorticoError as exc:
         return _error(message["id"], exc)
     channel = HttpChannel(store_size=0)
@@ -66,6 +67,17 @@ async def post(
         session.released = True
         if not (answered and session.parked):
             await asyncio.shield(gateway.end_session(session))
+
+
+def _check_param_headers(gateway: Gateway, message: Message, request: web.Request) -> None:
+    """A tool call's Mcp-Param-* headers must mirror the arguments its tool annotates (x-mcp-header)."""
+    if message["method"] != "tools/call":
+        return
+    params = jsonrpc.params_of(message)
+    paths = gateway.catalog.param_paths.get(params.get("name"))  # type: ignore[arg-type]
+    why = param_headers.mismatch(paths, params.get("arguments"), request.headers) if paths else None
+    if why is not None:
+        raise eras.HeaderMismatch(f"Header mismatch: {why}")
 
 
 def _until_disconnect(request: web.Request, exchange: Exchange, session: Session) -> NextFrame:
