@@ -85,6 +85,8 @@ class Envelope:
     version: str
     capabilities: dict[str, Any]
     client_info: dict[str, Any]
+    # The least severe log level the client wants with this request's reply; None: no logs at all.
+    log_level: str | None = None
 
 
 def negotiate(params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -142,7 +144,10 @@ def envelope(message: dict[str, Any], headers: Mapping[str, str] | None = None) 
     if not isinstance(capabilities, dict):
         raise InvalidParams(f"Invalid params: {CLIENT_CAPABILITIES_KEY} must be an object")
     client_info = meta.get(CLIENT_INFO_KEY)
-    return Envelope(version, capabilities, client_info if isinstance(client_info, dict) else {})
+    log_level = meta.get(LOG_LEVEL_KEY)
+    if log_level is not None and log_level not in LOG_LEVELS:
+        raise InvalidParams(f"Invalid params: {LOG_LEVEL_KEY} must be one of {', '.join(LOG_LEVELS)}")
+    return Envelope(version, capabilities, client_info if isinstance(client_info, dict) else {}, log_level)
 
 
 def _check_headers(message: dict[str, Any], version: object, headers: Mapping[str, str]) -> None:

@@ -194,8 +194,10 @@ class Session:
         except PorticoError as exc:
             return jsonrpc.error_from(message["id"], exc)
         if self.protocol_version is None:
-            # Without a handshake, the request itself says who the client is and what it can answer.
+            # Without a handshake, the request itself says who the client is, what it can answer and
+            # which logs it wants.
             self.client_capabilities, self.client_info = envelope.capabilities, envelope.client_info
+            self.log_level = envelope.log_level
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
         ctx.protocol_version = envelope.version
@@ -289,9 +291,12 @@ class Session:
         await self._send(message, related)
 
     def wants(self, message: Message) -> bool:
-        """Whether this client asked to see a log message of that level (everything, if it never said)."""
-        if message["method"] != "notifications/message" or self.log_level is None:
+        """Whether this client asked to see a log message of that level. A legacy client that never said
+        gets everything; a modern one gets logs only when its request asked for them."""
+        if message["method"] != "notifications/message":
             return True
+        if self.log_level is None:
+            return self.protocol_version is not None
         level = jsonrpc.params_of(message).get("level")
         levels = eras.LOG_LEVELS
         return level not in levels or levels.index(level) >= levels.index(self.log_level)

@@ -184,3 +184,23 @@ async def test_closing_the_connection_cancels_the_request_upstream(start_gateway
             break
         await asyncio.sleep(0.1)
     assert after == before + 1
+
+
+async def test_a_modern_client_gets_logs_only_when_its_request_asks(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    client = await gw.client(initialize=False)
+
+    async def log(level: str, text: str, **extra: Any) -> None:
+        params = {"name": "ev_log", "arguments": {"level": level, "message": text}, "_meta": meta(**extra)}
+        await client.call("tools/call", params)
+
+    await log("error", "unasked")
+    await log("info", "below the level", **{"io.modelcontextprotocol/logLevel": "warning"})
+    await log("error", "asked", **{"io.modelcontextprotocol/logLevel": "warning"})
+    message = await client.wait_notification("notifications/message", timeout=10)
+    assert message["params"]["data"] == "asked"
+    await asyncio.sleep(0.2)
+    assert [m["params"]["data"] for m in client.notifications_of("notifications/message")] == ["asked"]
+    with pytest.raises(RpcError) as bad_level:
+        await log("error", "x", **{"io.modelcontextprotocol/logLevel": "loud"})
+    assert bad_level.value.code == -32602
