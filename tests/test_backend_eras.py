@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES, StartGateway, everything, listening_fixture
-from tests.rawclient import Message
+from tests.rawclient import Message, RawClient
 
 
 def modern_fixture(**extra: Any) -> dict[str, Any]:
@@ -146,15 +146,23 @@ async def test_a_legacy_clients_log_level_travels_with_each_modern_call(start_ga
 
 async def test_cancelling_a_call_cancels_it_on_a_modern_stdio_backend(start_gateway: StartGateway) -> None:
     gw = await start_gateway({"mcpServers": {"new": modern_fixture()}})
-    client = await gw.client()
-    waiting = asyncio.create_task(client.request("tools/call", call("new_sleep_forever"), id=77))
+    await cancel_and_confirm(await gw.client(), "new", {})
+
+
+async def cancel_and_confirm(client: RawClient, backend: str, extra: dict[str, Any]) -> None:
+    """Start sleep_forever on ``backend``, cancel it, and wait for the backend to say it was cancelled."""
+    waiting = asyncio.create_task(
+        client.request("tools/call", {**call(f"{backend}_sleep_forever"), **extra}, id=77)
+    )
     await asyncio.sleep(0.5)
     await client.notify("notifications/cancelled", {"requestId": 77})
+    seen = ""
     for _ in range(50):
-        if text_of(await client.call("tools/call", call("new_was_cancelled"))) == "sleep_forever":
+        seen = text_of(await client.call("tools/call", call(f"{backend}_was_cancelled")))
+        if seen == "sleep_forever":
             break
         await asyncio.sleep(0.1)
-    assert text_of(await client.call("tools/call", call("new_was_cancelled"))) == "sleep_forever"
+    assert seen == "sleep_forever"
     waiting.cancel()
 
 
@@ -196,18 +204,8 @@ async def test_cancelling_a_modern_http_call_closes_its_stream(start_gateway: St
         _,
     ):
         gw = await start_gateway({"mcpServers": {"web": {"url": url}}})
-        client = await gw.client()
-        waiting = asyncio.create_task(
-            client.request("tools/call", {**call("web_sleep_forever"), "_meta": {"progressToken": "p"}}, id=5)
-        )
-        await asyncio.sleep(0.5)
-        await client.notify("notifications/cancelled", {"requestId": 5})
-        for _ in range(50):
-            if text_of(await client.call("tools/call", call("web_was_cancelled"))) == "sleep_forever":
-                break
-            await asyncio.sleep(0.1)
-        assert text_of(await client.call("tools/call", call("web_was_cancelled"))) == "sleep_forever"
-        waiting.cancel()
+        # With a progress token the backend answers with an SSE stream, which the gateway closes.
+        await cancel_and_confirm(await gw.client(), "web", {"_meta": {"progressToken": "p"}})
 
 
 async def test_a_handshake_refused_over_streamable_http_falls_back_to_http_sse(
