@@ -32,6 +32,7 @@ SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
 MODERN_VERSION = MODERN_VERSIONS[0]
 
 HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 VERSION_HEADER = "MCP-Protocol-Version"
@@ -45,7 +46,7 @@ HTTP_STATUS_OF_ERROR = {
     -32600: 400,
     -32602: 400,
     HEADER_MISMATCH: 400,
-    -32021: 400,
+    MISSING_CLIENT_CAPABILITY: 400,
     UNSUPPORTED_PROTOCOL_VERSION: 400,
     -32601: 404,
 }
@@ -76,6 +77,15 @@ class UnsupportedProtocolVersion(PorticoError):
 
 class HeaderMismatch(PorticoError):
     code = HEADER_MISMATCH
+
+
+class MissingClientCapability(PorticoError):
+    """The request needs a capability its client did not declare; ``data`` names it, as the era says."""
+
+    code = MISSING_CLIENT_CAPABILITY
+
+    def __init__(self, message: str, capability: str) -> None:
+        super().__init__(message, data={"requiredCapabilities": {capability: {}}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +119,11 @@ def negotiate(params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, An
 
 
 def is_modern(message: dict[str, Any]) -> bool:
-    """A request speaks the modern era when its ``_meta`` names a protocol version."""
+    """A request speaks the modern era when its ``_meta`` names a protocol version (an ``initialize`` that
+    does is a modern request for a method the modern era removed)."""
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
-    return isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta and message.get("method") != "initialize"
+    return isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta
 
 
 def envelope(message: dict[str, Any], headers: Mapping[str, str] | None = None) -> Envelope:

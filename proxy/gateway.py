@@ -269,6 +269,15 @@ class Gateway:
         if session is None:
             return _undeliverable(message, "the client session that made the call has ended")
         if method in needed and needed[method] not in session.client_capabilities:
+            if session.protocol_version is None:
+                # A modern client is told in its own call's reply, with the capability it lacks.
+                self.inputs.fail(
+                    session,
+                    eras.MissingClientCapability(
+                        f"The call needs the {needed[method]} capability, which the client did not declare",
+                        needed[method],
+                    ),
+                )
             return _undeliverable(message, f"the client did not declare the {needed[method]} capability")
         route = Route(backend.name, "backend", method, method)
         ctx = self.context(session, message, Direction.TO_CLIENT, route)

@@ -30,7 +30,7 @@ import orjson
 
 from proxy import jsonrpc
 from proxy.chain import Context
-from proxy.errors import ErrorCode, InvalidParams
+from proxy.errors import ErrorCode, InvalidParams, PorticoError
 from proxy.jsonrpc import Message
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("portico.input")
 
 STATE_PREFIX = "portico1."
+# After a backend's first question, how long to wait for others it sends at the same moment, so they
+# reach the client together in one InputRequiredResult rather than one round each.
+_GATHER_SECONDS = 0.05
 # Requests whose results may be an InputRequiredResult.
 RESUMABLE_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 
@@ -93,6 +96,10 @@ class _ParkedCall:
     outstanding: dict[str, _Ask] = field(default_factory=dict)
     keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     expiry: asyncio.TimerHandle | None = None
+    # Each InputRequiredResult names its round; only the latest round's state resumes the call.
+    round: int = 0
+    # Set when the call cannot go on for a reason the client must hear (a capability it lacks).
+    failure: asyncio.Future[PorticoError] = field(default_factory=asyncio.Future)
 
 
 class InputBridge:
@@ -130,6 +137,8 @@ class InputBridge:
         parked = self._parked.get(str(claims.get("call")))
         if parked is None:
             raise InvalidParams("Invalid params: the call this requestState resumes has ended; send it again")
+        if claims.get("round") != parked.round:
+            raise InvalidParams("Invalid params: requestState is from an earlier round; use the latest one")
         answers = params.get("inputResponses", {})
         if not isinstance(answers, dict):
             raise InvalidParams("Invalid params: inputResponses must be an object")
@@ -155,6 +164,14 @@ class InputBridge:
         running[0].arrivals.put_nowait(ask)
         return await ask.answer
 
+    def fail(self, session: Session, failure: PorticoError) -> bool:
+        """End the session's running call with an error for the client; False if there is no such call."""
+        running = self._running.get(session.id, [])
+        if len(running) != 1 or running[0].failure.done():
+            return False
+        running[0].failure.set_result(failure)
+        return True
+
     def forget(self, session_id: str) -> None:
         """The session has closed: its parked calls end with it."""
         for parked in list(self._running.get(session_id, [])):
@@ -167,15 +184,20 @@ class InputBridge:
         if not parked.outstanding and not parked.call.done():
             arrival = asyncio.ensure_future(parked.arrivals.get())
             try:
-                await asyncio.wait({parked.call, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                waiters: set[asyncio.Future[Any]] = {parked.call, arrival, parked.failure}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if arrival.done():
+                    self._take(parked, arrival.result())
+                    await asyncio.sleep(_GATHER_SECONDS)
+                else:
+                    arrival.cancel()
             except asyncio.CancelledError:
                 arrival.cancel()
                 self._end(parked)
                 raise
-            if arrival.done():
-                self._take(parked, arrival.result())
-            else:
-                arrival.cancel()
+        if parked.failure.done():
+            self._end(parked)
+            raise parked.failure.result()
         if parked.call.done():
             self._end(parked)
             return parked.call.result()
@@ -188,8 +210,10 @@ class InputBridge:
 
     def _input_required(self, ctx: Context, parked: _ParkedCall) -> Message:
         parked.expiry = asyncio.get_running_loop().call_later(self._ttl, self._expire, parked)
+        parked.round += 1
         claims = {
             "call": parked.id,
+            "round": parked.round,
             "sub": _principal(ctx),
             "req": _binding(ctx),
             "exp": int(time.time() + self._ttl),

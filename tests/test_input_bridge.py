@@ -168,15 +168,50 @@ async def test_an_expired_state_is_refused_and_its_call_cancelled_upstream(
     assert gw.gateway.backends["ev"]._inflight == {}
 
 
-async def test_a_client_without_the_capability_is_not_asked(start_gateway: StartGateway) -> None:
+async def test_a_client_without_the_capability_is_told_which_one_it_lacks(
+    start_gateway: StartGateway,
+) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    url = gw.server.make_url("/mcp")
+    message = tool_call("ev_ask", 1, arguments={"question": "Q"})
+    message["params"]["_meta"] = meta(capabilities={"sampling": {}})
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "ev_ask",
+    }
+    async with gw.http.post(url, json=message, headers=headers) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["code"] == -32021
+    assert error["data"] == {"requiredCapabilities": {"elicitation": {}}}
+    await asyncio.sleep(0.1)
+    assert gw.gateway.inputs._parked == {} and gw.gateway.backends["ev"]._inflight == {}
+
+
+async def test_questions_sent_together_come_in_one_result_and_each_round_has_its_own_state(
+    start_gateway: StartGateway,
+) -> None:
     gw = await start_gateway({"mcpServers": {"ev": everything()}})
     client = await gw.client(initialize=False)
-    params = tool_call("ev_ask", 0, arguments={"question": "Q"})["params"]
-    params["_meta"] = meta(capabilities={})
-    result = await client.call("tools/call", params)
-    # The backend's elicitation was refused on the client's behalf; its tool reports the failure.
-    assert result["resultType"] == "complete"
-    assert result["isError"] is True
+    first = await client.call("tools/call", tool_call("ev_ask_twice", 0)["params"])
+    assert sorted(q["params"]["message"] for q in first["inputRequests"].values()) == ["first?", "second?"]
+    answers = {key: elicitation_answer(q["params"]["message"]) for key, q in first["inputRequests"].items()}
+    retry = tool_call("ev_ask_twice", 0, inputResponses=answers, requestState=first["requestState"])
+    second = await client.call("tools/call", retry["params"])
+    [(key, question)] = second["inputRequests"].items()
+    assert question["params"]["message"] == "third?"
+    assert second["requestState"] != first["requestState"]
+    # The first round's state no longer resumes the call: it cannot be replayed.
+    stale = tool_call("ev_ask_twice", 0, inputResponses=answers, requestState=first["requestState"])
+    refused = await client.request("tools/call", stale["params"])
+    assert refused["error"]["code"] == -32602 and "earlier round" in refused["error"]["message"]
+    last = tool_call(
+        "ev_ask_twice", 0, inputResponses={key: elicitation_answer("c")}, requestState=second["requestState"]
+    )
+    done = await client.call("tools/call", last["params"])
+    assert done["content"][0]["text"] == "first?,second?,c"
 
 
 @pytest.mark.parametrize("secret", ["s" * 32])
@@ -185,4 +220,4 @@ async def test_a_configured_secret_signs_the_state(start_gateway: StartGateway, 
     client: RawClient = await gw.client(initialize=False)
     first = await client.call("tools/call", tool_call("ev_ask", 0, arguments={"question": "Q"})["params"])
     claims = StateSigner(secret.encode()).claims(first["requestState"])
-    assert set(claims) == {"call", "sub", "req", "exp"}
+    assert set(claims) == {"call", "round", "sub", "req", "exp"}

@@ -204,3 +204,12 @@ async def test_a_modern_client_gets_logs_only_when_its_request_asks(start_gatewa
     with pytest.raises(RpcError) as bad_level:
         await log("error", "x", **{"io.modelcontextprotocol/logLevel": "loud"})
     assert bad_level.value.code == -32602
+
+
+async def test_initialize_is_an_unknown_method_in_the_modern_era(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    body = request("initialize", {"protocolVersion": MODERN, "capabilities": {}})
+    url = gw.server.make_url("/mcp")
+    async with gw.http.post(url, json=body, headers=modern_post(method="initialize")) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == -32601
