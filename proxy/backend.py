@@ -32,6 +32,7 @@ from proxy.config import RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors.base import Connector
 from proxy.errors import BackendError, BackendUnavailable, ErrorCode, InvalidParams, PorticoError
 from proxy.jsonrpc import Message
+from proxy.link_pool import IdleLinks, pool_key
 from proxy.router import LIST_METHODS, BackendLists
 from proxy.upstream import UpstreamLink
 
@@ -72,6 +73,11 @@ class ClientIdentity(Protocol):
 
     @property
     def log_level(self) -> str | None: ...
+
+    @property
+    def protocol_version(self) -> str | None:
+        """None for a modern-era client, which has no session of its own to keep."""
+        ...
 
 
 class BackendEvents(Protocol):
@@ -116,6 +122,8 @@ class Backend:
         # The transport actually used, once a fallback (Streamable HTTP to HTTP+SSE) has happened.
         self._transport: str | None = None
         self._listener: UpstreamListener | None = None
+        # Per-client links of ended stateless sessions, for the next one (see proxy.link_pool).
+        self._idle_links = IdleLinks()
         self._events = events
         self._gateway_info = gateway_info
         self._catalog_link: UpstreamLink | None = None
@@ -210,19 +218,21 @@ class Backend:
             task.cancel()
         if self._listener is not None:
             await self._listener.close()
+        await self._idle_links.close()
         links = [*self._client_links.values(), *([self._catalog_link] if self._catalog_link else [])]
         self._client_links.clear()
         await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
 
-    async def forget_session(self, session_id: str) -> None:
-        """A client session ended: drop its subscriptions and close its per-client link."""
+    async def forget_session(self, session_id: str, stateless: bool = False) -> None:
+        """A client session ended: drop its subscriptions and close its per-client link (or, for a
+        stateless client's session, keep the link warm for the next one)."""
         for uri in [uri for uri, ids in self._subscribers.items() if session_id in ids]:
             await self._unsubscribe_shared(session_id, uri)
         opener = self._link_openers.pop(session_id, None)
         if opener is not None:
             opener.cancel()
         link = self._client_links.pop(session_id, None)
-        if link is not None:
+        if link is not None and not (stateless and self._idle_links.keep(pool_key(link.capabilities), link)):
             await link.close()
         self._inflight.pop(session_id, None)
         self._log_levels.pop(session_id, None)
@@ -396,7 +406,11 @@ class Backend:
             return await asyncio.shield(opener)
 
     async def _open_client_link(self, session: ClientIdentity) -> UpstreamLink:
-        link = await self._open_link(session.id, session.client_capabilities, session.client_info)
+        link = None
+        if session.protocol_version is None:
+            link = self._idle_links.take(pool_key(session.client_capabilities), session.id)
+        if link is None:
+            link = await self._open_link(session.id, session.client_capabilities, session.client_info)
         self._client_links[session.id] = link
         level = self._log_levels.get(session.id)
         if level is not None and "logging" in self.capabilities:

@@ -140,7 +140,11 @@ class Gateway:
         self.sessions.pop(session.id, None)
         self.inputs.forget(session.id)
         await asyncio.gather(
-            *(b.forget_session(session.id) for b in self.backends.values()), return_exceptions=True
+            *(
+                b.forget_session(session.id, stateless=session.protocol_version is None)
+                for b in self.backends.values()
+            ),
+            return_exceptions=True,
         )
 
     def context(

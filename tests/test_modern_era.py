@@ -213,3 +213,26 @@ async def test_initialize_is_an_unknown_method_in_the_modern_era(start_gateway: 
     async with gw.http.post(url, json=body, headers=modern_post(method="initialize")) as response:
         assert response.status == 404
         assert (await response.json())["error"]["code"] == -32601
+
+
+async def test_stateless_clients_reuse_a_per_client_backends_links(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"mcpServers": {"ev": everything(session="per-client")}})
+    url = gw.server.make_url("/mcp")
+    whoami = request("tools/call", {"name": "ev_whoami", "arguments": {}})
+    pids = []
+    for _ in range(3):
+        async with gw.http.post(url, json=whoami, headers=modern_post("ev_whoami")) as response:
+            pids.append((await response.json())["result"]["content"][0]["text"].split(":")[1])
+    # One backend process served all three requests: each ended session left its link for the next.
+    assert len(set(pids)) == 1
+    # A handshake session's link is its own and ends with it.
+    legacy = await gw.client()
+    first = text(await legacy.call("tools/call", {"name": "ev_whoami", "arguments": {}}))
+    await legacy.close()
+    again = await gw.client()
+    second = text(await again.call("tools/call", {"name": "ev_whoami", "arguments": {}}))
+    assert len({first.split(":")[1], second.split(":")[1], pids[0]}) == 3
+
+
+def text(result: dict[str, Any]) -> str:
+    return str(result["content"][0]["text"])
