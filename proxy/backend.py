@@ -32,7 +32,7 @@ from proxy.config import RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors.base import Connector
 from proxy.errors import BackendError, BackendUnavailable, ErrorCode, InvalidParams, PorticoError
 from proxy.jsonrpc import Message
-from proxy.link_pool import IdleLinks, pool_key
+from proxy.link_pool import IdleLinks
 from proxy.router import LIST_METHODS, BackendLists
 from proxy.upstream import UpstreamLink
 
@@ -123,7 +123,9 @@ class Backend:
         self._transport: str | None = None
         self._listener: UpstreamListener | None = None
         # Per-client links of ended stateless sessions, for the next one (see proxy.link_pool).
-        self._idle_links = IdleLinks()
+        self._idle_links = IdleLinks(
+            lambda capabilities: self._open_link(None, capabilities, self._gateway_info)
+        )
         self._events = events
         self._gateway_info = gateway_info
         self._catalog_link: UpstreamLink | None = None
@@ -232,7 +234,7 @@ class Backend:
         if opener is not None:
             opener.cancel()
         link = self._client_links.pop(session_id, None)
-        if link is not None and not (stateless and self._idle_links.keep(pool_key(link.capabilities), link)):
+        if link is not None and not (stateless and self._idle_links.keep(link)):
             await link.close()
         self._inflight.pop(session_id, None)
         self._log_levels.pop(session_id, None)
@@ -408,7 +410,8 @@ class Backend:
     async def _open_client_link(self, session: ClientIdentity) -> UpstreamLink:
         link = None
         if session.protocol_version is None:
-            link = self._idle_links.take(pool_key(session.client_capabilities), session.id)
+            # A stateless client's link may serve other stateless clients later (proxy.link_pool).
+            link = self._idle_links.take(session.client_capabilities, session.id)
         if link is None:
             link = await self._open_link(session.id, session.client_capabilities, session.client_info)
         self._client_links[session.id] = link

@@ -1,66 +1,105 @@
-"""Per-client backend links kept warm between stateless (modern-era) clients.
+"""Per-client backend links kept warm for stateless (modern-era) clients.
 
 A ``session: per-client`` backend gets a link of its own for each client session. A modern client has no
 session: every HTTP request is one, so without this pool each of its calls would start a backend process
 and do a handshake. When such a session ends, its link waits here (a few at most, for a short while) and
-the next stateless session with the same capabilities takes it over. A link serves one session at a
-time, so a backend's request on it is still attributed to exactly one client.
+the next stateless session declaring the same capabilities takes it over; and whenever a session takes
+the last idle link of its kind, a spare is opened in the background, so concurrent requests rarely wait
+for a process to start. A link serves one session at a time, so a backend's request on it is still
+attributed to exactly one client, and it declares its first session's capabilities, so a backend that
+adapts to what the client can answer sees the truth.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from proxy.errors import BackendUnavailable
 from proxy.upstream import UpstreamLink
+
+log = logging.getLogger("portico.backend")
 
 _LIMIT = 4
 _IDLE_SECONDS = 60.0
 
 PoolKey = tuple[str, ...]
+Opener = Callable[[dict[str, Any]], Awaitable[UpstreamLink]]
 
 
 def pool_key(capabilities: dict[str, Any]) -> PoolKey:
-    """Links are only handed to sessions declaring the same capabilities as the one that opened them."""
     return tuple(sorted(capabilities))
 
 
 class IdleLinks:
     """The idle links of one backend; see the module docstring."""
 
-    def __init__(self, limit: int = _LIMIT, idle_seconds: float = _IDLE_SECONDS) -> None:
+    def __init__(self, opener: Opener, limit: int = _LIMIT, idle_seconds: float = _IDLE_SECONDS) -> None:
+        self._open = opener
         self._limit = limit
         self._idle_seconds = idle_seconds
         self._idle: dict[UpstreamLink, tuple[PoolKey, asyncio.TimerHandle]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
-    def take(self, key: PoolKey, owner: str) -> UpstreamLink | None:
+    def take(self, capabilities: dict[str, Any], owner: str) -> UpstreamLink | None:
+        """An idle link for a session with these capabilities (a spare is then made ready), or None."""
+        key = pool_key(capabilities)
+        found = None
         for link, (link_key, timer) in list(self._idle.items()):
-            if link_key == key and not link.closed:
+            if link_key == key and link.closed:
+                del self._idle[link]
+                timer.cancel()
+            elif link_key == key and found is None:
                 del self._idle[link]
                 timer.cancel()
                 link.owner = owner
-                return link
-        return None
+                found = link
+        if not any(link_key == key for link_key, _ in self._idle.values()):
+            self._spawn(self._open_spare(capabilities))
+        return found
 
-    def keep(self, key: PoolKey, link: UpstreamLink) -> bool:
+    def keep(self, link: UpstreamLink) -> bool:
         """Keep ``link`` for a later session; False when it cannot be kept (the caller closes it)."""
-        if link.closed or len(self._idle) >= self._limit:
+        if self._closed or link.closed or len(self._idle) >= self._limit:
             return False
         link.owner = None
         timer = asyncio.get_running_loop().call_later(self._idle_seconds, self._expire, link)
-        self._idle[link] = (key, timer)
+        self._idle[link] = (pool_key(link.capabilities), timer)
         return True
 
     async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
         links = list(self._idle)
         for _, timer in self._idle.values():
             timer.cancel()
         self._idle.clear()
-        await asyncio.gather(*(link.close() for link in links), *self._closing, return_exceptions=True)
+        await asyncio.gather(*(link.close() for link in links), *self._tasks, return_exceptions=True)
+
+    async def _open_spare(self, capabilities: dict[str, Any]) -> None:
+        if len(self._idle) >= self._limit:
+            return
+        try:
+            link = await self._open(capabilities)
+        except BackendUnavailable as exc:
+            log.info("a spare per-client link could not be opened: %s", exc.message)
+            return
+        if not self.keep(link):
+            await link.close()
 
     def _expire(self, link: UpstreamLink) -> None:
         if self._idle.pop(link, None) is not None:
-            task = asyncio.get_running_loop().create_task(link.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._spawn(link.close())
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(_run(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _run(work: Awaitable[None]) -> None:
+    await work

@@ -220,11 +220,12 @@ async def test_stateless_clients_reuse_a_per_client_backends_links(start_gateway
     url = gw.server.make_url("/mcp")
     whoami = request("tools/call", {"name": "ev_whoami", "arguments": {}})
     pids = []
-    for _ in range(3):
+    for _ in range(6):
         async with gw.http.post(url, json=whoami, headers=modern_post("ev_whoami")) as response:
             pids.append((await response.json())["result"]["content"][0]["text"].split(":")[1])
-    # One backend process served all three requests: each ended session left its link for the next.
-    assert len(set(pids)) == 1
+    # Not a process per request: each ended session left its link for the next (the pool also opens
+    # one spare when its last idle link is taken, hence at most two).
+    assert len(set(pids)) <= 2
     # A handshake session's link is its own and ends with it.
     legacy = await gw.client()
     first = text(await legacy.call("tools/call", {"name": "ev_whoami", "arguments": {}}))
