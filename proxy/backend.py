@@ -564,6 +564,13 @@ class Backend:
             params = {"cursor": cursor}
         return tuple(items)
 
+    def cache_hint(self, method: str) -> tuple[int, str] | None:
+        """How long this backend said its list may be cached, and by whom; None if it offers no such list.
+        A backend that said nothing (every legacy one) gets 0 ms, private."""
+        if _LIST_CAPABILITY[method] not in self.capabilities:
+            return None
+        return self.cache_hints.get(method, (0, "private"))
+
     def _note_cache_hint(self, method: str, result: dict[str, Any], *, first_page: bool) -> None:
         # A list is as fresh as its stalest page and as private as its most private one.
         ttl, scope = result.get("ttlMs"), result.get("cacheScope")

@@ -188,6 +188,15 @@ class Gateway:
             result["instructions"] = instructions
         return result
 
+    def _list_cache_hint(self, method: str) -> dict[str, Any]:
+        """The merged list may be cached no longer than its stalest part, and only privately if any part
+        is private (the modern era's ttlMs / cacheScope)."""
+        hints = [hint for b in self.live_backends() if (hint := b.cache_hint(method)) is not None]
+        if not hints:
+            return {"ttlMs": 0, "cacheScope": "private"}
+        scope = "private" if any(scope == "private" for _, scope in hints) else "public"
+        return {"ttlMs": min(ttl for ttl, _ in hints), "cacheScope": scope}
+
     def instructions(self) -> str | None:
         parts = [f"## {b.name}\n{b.instructions}" for b in self.live_backends() if b.instructions]
         return "\n\n".join(parts) or None
@@ -206,7 +215,10 @@ class Gateway:
             return None
         request_id = message["id"]
         if method in LIST_METHODS:
-            return jsonrpc.result(request_id, self.pager.page(self.catalog, method, params))
+            page = self.pager.page(self.catalog, method, params)
+            if ctx.protocol_version in eras.MODERN_VERSIONS:
+                page.update(self._list_cache_hint(method))
+            return jsonrpc.result(request_id, page)
         if method == "ping":
             return jsonrpc.result(request_id, {})
         if method == "server/discover":

@@ -224,7 +224,29 @@ async def test_a_handshake_refused_over_streamable_http_falls_back_to_http_sse(
 async def test_list_caching_hints_are_the_backends_own(start_gateway: StartGateway, era: str) -> None:
     gw = await start_gateway({"mcpServers": {"new": modern_fixture(era=era)}})
     hints = gw.gateway.backends["new"].cache_hints
-    # The SDK server says its lists are immediately stale and private; a legacy session says nothing.
-    assert hints == (
-        {"tools/list": (0, "private"), "resources/list": (0, "private")} if era == "modern" else {}
-    )
+    # The fixture says its tools may be cached publicly for 30 s and its resources not at all; a legacy
+    # session says nothing.
+    expected = {"tools/list": (30_000, "public"), "resources/list": (0, "private")}
+    assert hints == (expected if era == "modern" else {})
+
+
+async def test_merged_lists_are_cacheable_only_as_long_and_as_widely_as_every_part(
+    start_gateway: StartGateway,
+) -> None:
+    envelope = {
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+    }
+    alone = await start_gateway({"mcpServers": {"new": modern_fixture()}})
+    client = await alone.client(initialize=False)
+    tools = await client.call("tools/list", envelope)
+    assert (tools["ttlMs"], tools["cacheScope"]) == (30_000, "public")
+    resources = await client.call("resources/list", envelope)
+    assert (resources["ttlMs"], resources["cacheScope"]) == (0, "private")
+    # With a legacy backend in the merged list, which says nothing, nothing may be cached.
+    mixed = await start_gateway({"mcpServers": {"new": modern_fixture(), "old": legacy_only_fixture()}})
+    client = await mixed.client(initialize=False)
+    tools = await client.call("tools/list", envelope)
+    assert (tools["ttlMs"], tools["cacheScope"]) == (0, "private")
