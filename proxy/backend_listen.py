@@ -5,7 +5,8 @@ only what the stream's filter asked for. The gateway keeps one stream per modern
 link: it asks for the list changes of every kind the backend offers, and for updates of the resources
 that clients have subscribed to. A stream's filter is fixed when it opens, so a new set of resources
 opens a new stream and closes the old one only once the new one is acknowledged: no update falls into
-the gap.
+the gap. A stream the backend ends (gracefully, or by breaking it) while the link lives on is opened
+again after a moment; one it refuses (an error reply) is not.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ log = logging.getLogger("portico.backend")
 
 # How long a new stream may take to be acknowledged before the old one is closed anyway.
 _ACK_SECONDS = 5.0
+# How long to wait before listening again when the backend ended the stream while the link lives on.
+_RELISTEN_SECONDS = 1.0
 _LIST_FILTERS = {
     "tools": "toolsListChanged",
     "prompts": "promptsListChanged",
@@ -42,6 +45,7 @@ class UpstreamListener:
         self._stream: asyncio.Task[None] | None = None
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
+        self._relisten: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._reopen()
@@ -58,6 +62,8 @@ class UpstreamListener:
             ack.set_result(None)
 
     async def close(self) -> None:
+        if self._relisten is not None:
+            self._relisten.cancel()
         if self._stream is not None:
             self._stream.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,7 +97,7 @@ class UpstreamListener:
                 "subscriptions/listen", params, timeout=None, request_id=request_id
             )
         except BackendUnavailable:
-            return
+            reply = {}
         finally:
             if not ack.done():
                 ack.set_result(None)
@@ -99,3 +105,10 @@ class UpstreamListener:
             log.warning(
                 "backend %s refused subscriptions/listen: %s", self._backend, reply["error"].get("message")
             )
+            return
+        if self._link.closed or self._stream is not asyncio.current_task():
+            return
+        log.info("backend %s ended its listen stream; listening again", self._backend)
+        await asyncio.sleep(_RELISTEN_SECONDS)
+        if self._stream is asyncio.current_task() and not self._link.closed:
+            self._relisten = asyncio.get_running_loop().create_task(self._reopen())

@@ -250,3 +250,16 @@ async def test_merged_lists_are_cacheable_only_as_long_and_as_widely_as_every_pa
     client = await mixed.client(initialize=False)
     tools = await client.call("tools/list", envelope)
     assert (tools["ttlMs"], tools["cacheScope"]) == (0, "private")
+
+
+async def test_a_listen_stream_the_backend_ends_is_opened_again(start_gateway: StartGateway) -> None:
+    args = ("--transport", "streamable-http", "--server", "modern_server")
+    async with listening_fixture("http_backend.py", *args) as (url, _):
+        gw = await start_gateway({"mcpServers": {"web": {"url": url}}})
+        client = await gw.client()
+        # The backend ends its listen streams gracefully, as one shutting down would, but stays up.
+        await client.call("tools/call", call("web_end_listens"))
+        await asyncio.sleep(1.5)
+        await client.call("tools/call", call("web_add_tool", name="after"))
+        await client.wait_notification("notifications/tools/list_changed", timeout=10)
+        assert "web_after" in {t["name"] for t in (await client.call("tools/list"))["tools"]}
