@@ -35,15 +35,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import signal
-import socket
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from types import FrameType
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 
-import uvicorn
 from fixture_features import RECONNECT_AFTER_MS, Fixture, FixtureServer
 from mcp.server.runner import serve_loop
 from mcp.server.stdio import stdio_server
@@ -58,7 +55,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-HOST: Final = "127.0.0.1"
+# The network fixtures' shared uvicorn runner lives beside them, in tests/fixtures.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from uvicorn_runner import serve_announced
+
 MCP_PATH: Final = "/mcp"
 PROTOCOL_VERSION_HEADER: Final = "mcp-protocol-version"
 
@@ -163,59 +163,13 @@ def streamable_http_app(server: FixtureServer, *, legacy_only: bool) -> Starlett
     return Starlette(routes=[Route(MCP_PATH, endpoint=endpoint)], lifespan=lifespan)
 
 
-class UvicornServer(uvicorn.Server):
-    """uvicorn's server, running ``before_shutdown`` first when it shuts down.
-
-    uvicorn waits for open connections before the lifespan shutdown; ending the open
-    ``subscriptions/listen`` streams first lets them finish instead of sitting out that wait.
-    """
-
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(config)
-        self._before_shutdown = before_shutdown
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._before_shutdown()
-        await super().shutdown(sockets)
-
-
 async def serve_http(fixture: Fixture, server: FixtureServer, port: int, *, legacy_only: bool) -> None:
-    config = uvicorn.Config(
-        streamable_http_app(server, legacy_only=legacy_only),
-        host=HOST,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=3,
-    )
-
     async def end_listen_streams() -> None:
         fixture.listen.close()
 
-    uv_server = UvicornServer(config, end_listen_streams)
-
-    # uvicorn installs its own SIGTERM/SIGINT handlers while serving, restores these afterwards and
-    # re-raises the signal it caught; these make that re-raise (or an early signal) a clean exit.
-    def request_exit(signum: int, frame: FrameType | None) -> None:
-        uv_server.should_exit = True
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, request_exit)
-
-    serving = asyncio.create_task(uv_server.serve())
-    while not uv_server.started:
-        if serving.done():  # startup failed (e.g. the port is taken); uvicorn logged why
-            with contextlib.suppress(SystemExit):
-                await serving
-            sys.exit(1)
-        await asyncio.sleep(0.01)
-    if not uv_server.should_exit:
-        bound_port = uv_server.servers[0].sockets[0].getsockname()[1]
-        # Announced only once bound, so a parent reading this line can connect at once.
-        sys.stdout.write(f"LISTENING http://{HOST}:{bound_port}{MCP_PATH}\n")
-        sys.stdout.flush()
-    await serving
+    await serve_announced(
+        streamable_http_app(server, legacy_only=legacy_only), port, MCP_PATH, end_listen_streams
+    )
 
 
 def main() -> None:
