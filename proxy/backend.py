@@ -247,13 +247,13 @@ class Backend:
         """Forward a request for ``session`` and return the backend's response message."""
         if not self.ready:
             raise BackendUnavailable(f"backend {self.name!r} is unavailable ({self.state})")
-        deadline = asyncio.get_running_loop().time() + timeout
         link = await self._link_for(session, timeout)
         progress_id = self._remap_progress(session.id, params)
         self._inflight[session.id] += 1
         try:
             if not link.modern:
                 return await link.request(method, eras.for_legacy_backend(params), timeout=timeout)
+            deadline = asyncio.get_running_loop().time() + timeout  # for the rounds of input, if any
             caller_is_modern = eras.is_modern({"params": params})
             params = eras.with_envelope(
                 params, session.client_capabilities, session.client_info, session.log_level
@@ -543,6 +543,7 @@ class Backend:
         link = self._catalog()
         key = LIST_METHODS[method][0]
         items: list[dict[str, Any]] = []
+        pages: list[dict[str, Any]] = []
         params: dict[str, Any] = {}
         for _ in range(_MAX_LIST_PAGES):
             reply = await link.request(method, params, timeout=self.config.timeout_seconds)
@@ -557,11 +558,12 @@ class Backend:
                 error = reply.get("error", {}).get("message", "no result")
                 raise BackendUnavailable(f"{method} failed: {error}")
             items.extend(item for item in result.get(key) or () if isinstance(item, dict))
-            self._note_cache_hint(method, result, first_page=not params)
+            pages.append(result)
             cursor = result.get("nextCursor")
             if not cursor:
                 break
             params = {"cursor": cursor}
+        self._note_cache_hint(method, pages)
         return tuple(items)
 
     def cache_hint(self, method: str) -> tuple[int, str] | None:
@@ -571,18 +573,15 @@ class Backend:
             return None
         return self.cache_hints.get(method, (0, "private"))
 
-    def _note_cache_hint(self, method: str, result: dict[str, Any], *, first_page: bool) -> None:
-        # A list is as fresh as its stalest page and as private as its most private one.
-        ttl, scope = result.get("ttlMs"), result.get("cacheScope")
-        if not (isinstance(ttl, int) and ttl >= 0 and scope in ("public", "private")):
+    def _note_cache_hint(self, method: str, pages: list[dict[str, Any]]) -> None:
+        # A list is as fresh as its stalest page and as private as its most private one; a page that
+        # says nothing leaves the whole list without a hint.
+        ttls = [ttl for page in pages if isinstance(ttl := page.get("ttlMs"), int) and ttl >= 0]
+        scopes = [scope for page in pages if (scope := page.get("cacheScope")) in ("public", "private")]
+        if len(ttls) < len(pages) or len(scopes) < len(pages):
             self.cache_hints.pop(method, None)
             return
-        if not first_page and method not in self.cache_hints:
-            return
-        if not first_page:
-            ttl = min(ttl, self.cache_hints[method][0])
-            scope = "private" if "private" in (scope, self.cache_hints[method][1]) else scope
-        self.cache_hints[method] = (ttl, scope)
+        self.cache_hints[method] = (min(ttls), "private" if "private" in scopes else "public")
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -22,7 +22,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,9 +118,11 @@ class InputBridge:
     def owns(self, state: object) -> bool:
         return isinstance(state, str) and state.startswith(STATE_PREFIX)
 
-    async def call(self, ctx: Context, session: Session, start: Callable[[], Awaitable[Message]]) -> Message:
+    async def call(
+        self, ctx: Context, session: Session, start: Callable[[], Coroutine[Any, Any, Message]]
+    ) -> Message:
         """Run a modern client's call on a legacy backend: its result, or the backend's questions."""
-        task = asyncio.get_running_loop().create_task(_as_coroutine(start))
+        task = asyncio.get_running_loop().create_task(start())
         parked = _ParkedCall(secrets.token_urlsafe(18), session, task, _binding(ctx))
         self._parked[parked.id] = parked
         self._running.setdefault(session.id, []).append(parked)
@@ -252,10 +254,6 @@ class InputBridge:
         session.parked -= 1
         if session.released and not session.parked:
             self._end_session(session)
-
-
-async def _as_coroutine(start: Callable[[], Awaitable[Message]]) -> Message:
-    return await start()
 
 
 def _drain(queue: asyncio.Queue[_Ask]) -> list[_Ask]:
