@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -54,6 +54,51 @@ class Route:
     # The name or URI the client used.
     exposed: str
 
+    @property
+    def object(self) -> str:
+        """``backend/kind/name``: how policies and virtual servers name what a message addresses."""
+        return f"{self.backend}/{self.kind}/{self.name}"
+
+
+# What calling (or reading) each kind of listed item means: the action a policy decides on when it
+# filters a list, so a client sees exactly what it may use.
+USE_ACTIONS: Mapping[str, str] = {
+    "tool": "tools/call",
+    "prompt": "prompts/get",
+    "resource": "resources/read",
+    "template": "resources/read",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is on the other end of a session, as an authentication plugin established it.
+
+    Without an authentication plugin every session is ``ANONYMOUS``. The gateway itself enforces
+    ``backends`` (a virtual-account token's limit) and ends a session whose ``valid_until`` has passed;
+    everything else here is for plugins (policy, caches, rate limits) to decide on.
+    """
+
+    # A stable identity, the same across the principal's tokens (a JWT's subject claim, a user's name).
+    subject: str
+    roles: tuple[str, ...] = ()
+    # The tenant (Casbin domain) the principal acts in, when the deployment has tenants.
+    tenant: str | None = None
+    scopes: frozenset[str] = frozenset()
+    # The verified token's claims (empty for gateway-issued tokens, which have none).
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    # Only these backends may be reached (virtual-account tokens); None means every backend.
+    backends: frozenset[str] | None = None
+    # Epoch seconds after which the session must end (the token's expiry plus the allowed skew).
+    valid_until: float | None = None
+    # Names the credential itself (a hash of the token, a gateway token's id), for caches and revocation.
+    credential: str = ""
+    # How the principal was established: "anonymous", "jwt", "personal", "account", ...
+    kind: str = "anonymous"
+
+
+ANONYMOUS = Principal(subject="anonymous")
+
 
 class SessionView(Protocol):
     """What plugins may know about the client session a message belongs to."""
@@ -69,6 +114,10 @@ class SessionView(Protocol):
 
     @property
     def client_info(self) -> dict[str, Any]: ...
+
+    def end(self, reason: str) -> None:
+        """End the session now (a revoked or expired credential): the client is told ``reason``."""
+        ...
 
 
 class Key(Generic[T]):
@@ -95,9 +144,24 @@ class Context:
     deadline: float
     # The protocol version this message speaks: the session's (legacy era) or its own (modern era).
     protocol_version: str | None = None
-    # Who sent it, once an authentication plugin has said so.
-    principal: Any = None
+    # Who sent it, as the session's authentication established it.
+    principal: Principal = ANONYMOUS
     _data: dict[Key[Any], Any] = field(default_factory=dict)
+    _limits: list[Callable[[Route], bool]] = field(default_factory=list)
+
+    def restrict(self, allows: Callable[[Route], bool]) -> None:
+        """Narrow what this message may reach and see: list results keep only the items whose route
+        ``allows`` accepts, and a call to anything else is answered as if it did not exist. Plugins call
+        it before ``call_next``; restrictions only ever add up."""
+        self._limits.append(allows)
+
+    def allows(self, route: Route) -> bool:
+        """Whether every restriction placed on this message lets it reach ``route``."""
+        return all(allows(route) for allows in self._limits)
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self._limits)
 
     def get(self, key: Key[T], default: T | None = None) -> T | None:
         return self._data.get(key, default)
@@ -117,6 +181,42 @@ class Plugin(Protocol):
     """One layer of the chain. See the module docstring for what it may do."""
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a client presented when it connected (WebSocket, SSE) or sent an HTTP request."""
+
+    transport: str
+    # The endpoint's path ("/mcp", "/servers/{name}/mcp") and its URL as the client addressed it.
+    path: str
+    url: str
+    # The Authorization header, if any.
+    authorization: str | None
+    # The WebSocket subprotocols the client offered; browsers, which cannot set headers on a WebSocket,
+    # carry their token in one (see the auth plugin).
+    subprotocols: tuple[str, ...]
+    # The query string's parameters: a token there is refused, never used.
+    query: Mapping[str, str]
+    remote: str
+
+
+class Authenticator(Protocol):
+    """A plugin that can also identify clients: the transports ask it at every connection and HTTP
+    request, before any message reaches the chain. It raises ``Unauthenticated`` (HTTP 401) or
+    ``InsufficientScope`` (HTTP 403) to refuse."""
+
+    async def authenticate(self, credentials: Credentials) -> Principal: ...
+
+    def protected_resource(self, path: str, url: str) -> dict[str, Any]:
+        """The RFC 9728 protected-resource metadata of the endpoint at ``path``."""
+        ...
+
+
+def is_authenticator(plugin: object) -> bool:
+    return callable(getattr(plugin, "authenticate", None)) and callable(
+        getattr(plugin, "protected_resource", None)
+    )
 
 
 class PluginFailure(PorticoError):

@@ -151,11 +151,23 @@ class RequestStateConfig(_Strict):
     secret: str | None = Field(None, min_length=32)
 
 
+class VirtualServerConfig(_Strict):
+    """A named subset of the aggregate, served at ``/servers/{name}/mcp``.
+
+    ``include`` lists ``backend/kind/name`` patterns (``*`` matches anything, ``/`` included), the same
+    objects policies name: ``weather/*`` is all of one backend, ``notes/tool/add_*`` some of its tools.
+    """
+
+    include: tuple[str, ...] = Field(min_length=1)
+    description: str | None = None
+
+
 class GatewayConfig(_Strict):
     listen: ListenConfig = ListenConfig()
     namespacing: NamespacingConfig = NamespacingConfig()
     request_state: RequestStateConfig = RequestStateConfig()
     mcpServers: dict[str, BackendConfig] = Field(default_factory=dict)
+    virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
     plugins: tuple[PluginEntry, ...] = ()
     # Where the file was read from; resolves relative ``cwd`` values. Not part of the file.
     source: str = Field("<memory>", exclude=True)
@@ -167,6 +179,17 @@ class GatewayConfig(_Strict):
             if not BACKEND_NAME.match(name):
                 raise ValueError(
                     f"backend name {name!r} must be 1-48 characters of A-Z a-z 0-9 _ . - "
+                    "and start with a letter or digit"
+                )
+        return servers
+
+    @field_validator("virtual_servers")
+    @classmethod
+    def _virtual_server_names(cls, servers: dict[str, Any]) -> dict[str, Any]:
+        for name in servers:
+            if not BACKEND_NAME.match(name):
+                raise ValueError(
+                    f"virtual server name {name!r} must be 1-48 characters of A-Z a-z 0-9 _ . - "
                     "and start with a letter or digit"
                 )
         return servers

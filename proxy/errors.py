@@ -3,6 +3,9 @@
     PorticoError                      base; carries a JSON-RPC code, message and optional data
     ├── ConfigError                   a bad config file (raised at start-up only, never to clients)
     ├── Rejection                     a plugin refused a message (auth, policy, rate limit, ...)
+    │   ├── Unauthenticated           no, or no longer, a valid credential (HTTP 401 and a challenge)
+    │   │   └── InsufficientScope     a valid credential without a scope the request needs (HTTP 403)
+    │   └── AccessDenied              a policy said no (names subject, object and action)
     ├── InvalidRequest / InvalidParams / MethodNotFound
     │                                 the client's own mistake, reported with the client's id
     └── BackendError                  the backend's fault, never the client's
@@ -32,6 +35,10 @@ class ErrorCode:
     BACKEND_UNAVAILABLE = -32050
     CLIENT_REQUEST_UNDELIVERABLE = -32051
     REJECTED = -32060
+    UNAUTHENTICATED = -32061
+    INSUFFICIENT_SCOPE = -32062
+    ACCESS_DENIED = -32063
+    REDACTION_BLOCKED = -32064
 
 
 class PorticoError(Exception):
@@ -62,6 +69,37 @@ class Rejection(PorticoError):
     """A plugin refused the message. Plugins raise it (or a subclass) with their own stable code."""
 
     code = ErrorCode.REJECTED
+
+
+class Unauthenticated(Rejection):
+    """The client presented no valid credential, or its credential expired or was revoked.
+
+    Over HTTP this is a 401 whose ``WWW-Authenticate: Bearer`` challenge carries ``error`` (RFC 6750:
+    ``invalid_request`` or ``invalid_token``; None when no credential was presented at all) and the
+    protected-resource metadata URL.
+    """
+
+    code = ErrorCode.UNAUTHENTICATED
+
+    def __init__(self, message: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class InsufficientScope(Unauthenticated):
+    """A valid credential that lacks scopes the request needs: HTTP 403, ``error="insufficient_scope"``."""
+
+    code = ErrorCode.INSUFFICIENT_SCOPE
+
+    def __init__(self, message: str, scopes: tuple[str, ...]) -> None:
+        super().__init__(message, error="insufficient_scope")
+        self.scopes = scopes
+
+
+class AccessDenied(Rejection):
+    """A policy refused the request; the message names the subject, the object and the action."""
+
+    code = ErrorCode.ACCESS_DENIED
 
 
 class InvalidRequest(PorticoError):
