@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,9 +154,18 @@ class Gateway:
         backend = self.backends.get(route.backend) if route else None
         seconds = backend.config.timeout_seconds if backend else _DEFAULT_DEADLINE_SECONDS
         deadline = time.monotonic() + seconds
-        return Context(
-            session, direction, message.get("method", ""), route, deadline, session.protocol_version
+        ctx = Context(
+            session,
+            direction,
+            message.get("method", ""),
+            route,
+            deadline,
+            session.protocol_version,
+            session.principal,
         )
+        if session.principal.backends is not None:
+            ctx.restrict(_within(session.principal.backends))
+        return ctx
 
     def resolve(self, method: str, params: dict[str, Any]) -> Route | None:
         return self.forwarder.resolve(self.catalog, method, params)
@@ -351,6 +361,10 @@ class Gateway:
         lists = {b.name: b.lists for b in self.live_backends()}
         self.catalog = build_catalog(self._version, self.rules, lists)
         self.pager.remember(self.catalog)
+
+
+def _within(backends: frozenset[str]) -> Callable[[Route], bool]:
+    return lambda route: route.backend in backends
 
 
 def _undeliverable(message: Message, why: str) -> Message:

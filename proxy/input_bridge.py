@@ -264,7 +264,8 @@ def _drain(queue: asyncio.Queue[_Ask]) -> list[_Ask]:
 
 
 def _principal(ctx: Context) -> str:
-    return "" if ctx.principal is None else str(ctx.principal)
+    # The subject, not the credential: a client that refreshed its token may still come back.
+    return ctx.principal.subject
 
 
 def _binding(ctx: Context) -> str:

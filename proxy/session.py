@@ -12,13 +12,14 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from proxy import eras, jsonrpc
-from proxy.chain import Context, Direction
+from proxy.chain import ANONYMOUS, Context, Direction, Principal
 from proxy.errors import InvalidRequest, MethodNotFound, PorticoError
 from proxy.jsonrpc import Kind, Message, RequestId
 
@@ -45,6 +46,10 @@ class Channel(Protocol):
 
     def finished(self, request_id: RequestId) -> None:
         """The client's request ``request_id`` is over, answered or not (a cancelled one gets no reply)."""
+        ...
+
+    async def close(self, reason: str) -> None:
+        """The gateway ends the session (its credential expired or was revoked): tell the client why."""
         ...
 
 
@@ -74,6 +79,9 @@ class Session:
         # transport's request until they end. ``released``: the transport has let the session go.
         self.parked = 0
         self.released = False
+        # Who the client is, as the transport's authentication found; see ``authenticated``.
+        self.principal: Principal = ANONYMOUS
+        self._expiry: asyncio.TimerHandle | None = None
         self._channel = channel
         # Which client request a progress token belongs to, so progress travels with that request.
         self._progress_owners: dict[str | int, RequestId] = {}
@@ -329,6 +337,29 @@ class Session:
         except (ConnectionError, RuntimeError) as exc:
             log.debug("session %s: could not send to the client: %s", self.id, exc)
 
+    # -- who the client is --------------------------------------------------------------------------------
+
+    def authenticated(self, principal: Principal) -> None:
+        """Bind the session to the principal its transport authenticated (again, on HTTP, with every
+        request). A session never outlives its credential: it ends when ``valid_until`` passes."""
+        self.principal = principal
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if principal.valid_until is not None:
+            delay = max(0.0, principal.valid_until - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.end, "the token expired; connect again with a fresh token"
+            )
+
+    def end(self, reason: str) -> None:
+        """End the session from the gateway's side, telling the client ``reason``."""
+        if self.closed:
+            return
+        log.info("session %s ended: %s", self.id, reason)
+        task = asyncio.get_running_loop().create_task(self._channel.close(reason))
+        task.add_done_callback(lambda _: self.gateway.end_session(self))
+
     # -- the end -----------------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -336,6 +367,8 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         tasks = list(self._inflight.values())
         if self._courier is not None:
             tasks.append(self._courier)

@@ -61,6 +61,10 @@ class HttpChannel:
             exchange.answered = True
             exchange.queue.put_nowait((b"", True))
 
+    async def close(self, reason: str) -> None:
+        # Ends the GET stream; the session's next request finds it gone (404) and must start afresh.
+        self.ended.set()
+
     async def _to_standalone(self, frame: bytes) -> None:
         # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now.
         sequence = self.store.record(self.standalone_stream, frame)

@@ -30,6 +30,7 @@ class SseChannel:
 
     def __init__(self, sink: SseSink) -> None:
         self.sink = sink
+        self.ended = asyncio.Event()
 
     async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
         await self.sink.write_event("message", frame)
@@ -39,6 +40,9 @@ class SseChannel:
 
     async def send(self, frame: bytes, related: RequestId | None) -> None:
         await self.sink.write_event("message", frame)
+
+    async def close(self, reason: str) -> None:
+        self.ended.set()
 
 
 LEGACY_SESSIONS = web.AppKey("legacy_sse_sessions", dict[str, Session])
@@ -50,13 +54,13 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     if refused is not None:
         return refused
     sink = await SseSink.open(request, 0, {})
-    session = Session(gateway, "sse", SseChannel(sink), remote=request.remote or "")
+    channel = SseChannel(sink)
+    session = Session(gateway, "sse", channel, remote=request.remote or "")
     sessions = request.app[LEGACY_SESSIONS]
     sessions[session.id] = session
-    ended = asyncio.Event()
     try:
         await sink.write_event("endpoint", f"{MESSAGES_PATH}?session_id={session.id}".encode())
-        await sink.keep_alive_until(ended)
+        await sink.keep_alive_until(channel.ended)
     finally:
         sessions.pop(session.id, None)
         await asyncio.shield(gateway.end_session(session))

@@ -42,6 +42,10 @@ class WebSocketChannel:
     async def send(self, frame: bytes, related: RequestId | None) -> None:
         await self.ws.send_frame(frame, WSMsgType.TEXT)
 
+    async def close(self, reason: str) -> None:
+        # 1008, policy violation: the close frame's reason (at most 123 bytes) is what the client reads.
+        await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:123])
+
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
