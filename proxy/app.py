@@ -12,8 +12,10 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.gateway import Gateway
 from proxy.transports import legacy_sse
+from proxy.transports.app_keys import GATEWAY
+from proxy.transports.authentication import WELL_KNOWN, handle_protected_resource
 from proxy.transports.http import HTTP_SESSIONS, HttpSessions, handle_delete, handle_get, handle_post
-from proxy.transports.websocket import GATEWAY, OPEN_SOCKETS, close_open_sockets
+from proxy.transports.websocket import OPEN_SOCKETS, close_open_sockets
 
 
 class QuietBadRequests(logging.Filter):
@@ -45,9 +47,14 @@ def build_app(gateway: Gateway) -> web.Application:
     app[HTTP_SESSIONS] = HttpSessions(gateway)
     app.on_shutdown.append(close_open_sockets)
     # One endpoint for every transport: GET with Upgrade is the WebSocket, the rest Streamable HTTP.
-    app.router.add_get("/mcp", handle_get, allow_head=False)
-    app.router.add_post("/mcp", handle_post)
-    app.router.add_delete("/mcp", handle_delete)
+    # Each virtual server has an endpoint of its own, the same in every way but what it offers.
+    for path in ("/mcp", "/servers/{server}/mcp"):
+        app.router.add_get(path, handle_get, allow_head=False)
+        app.router.add_post(path, handle_post)
+        app.router.add_delete(path, handle_delete)
+    # RFC 9728 metadata: at the root, and with each endpoint's path appended (clients try both).
+    app.router.add_get(WELL_KNOWN, handle_protected_resource, allow_head=False)
+    app.router.add_get(WELL_KNOWN + "/{endpoint:.+}", handle_protected_resource, allow_head=False)
     # The 2024-11-05 HTTP+SSE transport, for clients that predate Streamable HTTP.
     app[legacy_sse.LEGACY_SESSIONS] = {}
     app.router.add_get("/sse", legacy_sse.handle_stream, allow_head=False)

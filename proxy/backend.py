@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from proxy import eras, jsonrpc, param_headers
 from proxy.backend_listen import UpstreamListener
+from proxy.chain import Principal
 from proxy.config import RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors.base import Connector
 from proxy.errors import BackendError, BackendUnavailable, ErrorCode, InvalidParams, PorticoError
@@ -73,6 +74,9 @@ class ClientIdentity(Protocol):
 
     @property
     def log_level(self) -> str | None: ...
+
+    @property
+    def principal(self) -> Principal: ...
 
     @property
     def protocol_version(self) -> str | None:
@@ -411,9 +415,10 @@ class Backend:
         link = None
         if session.protocol_version is None:
             # A stateless client's link may serve other stateless clients later (proxy.link_pool).
-            link = self._idle_links.take(session.client_capabilities, session.id)
+            link = self._idle_links.take(session.client_capabilities, session.id, session.principal.subject)
         if link is None:
             link = await self._open_link(session.id, session.client_capabilities, session.client_info)
+            link.subject = session.principal.subject
         self._client_links[session.id] = link
         level = self._log_levels.get(session.id)
         if level is not None and "logging" in self.capabilities:

@@ -213,10 +213,16 @@ class Authenticator(Protocol):
         ...
 
 
-def is_authenticator(plugin: object) -> bool:
-    return callable(getattr(plugin, "authenticate", None)) and callable(
-        getattr(plugin, "protected_resource", None)
-    )
+def authenticator_of(plugins: Sequence[NamedPlugin]) -> Authenticator | None:
+    """The first plugin that can also identify clients (see ``Authenticator``), if any."""
+    for named in plugins:
+        plugin: Any = named.plugin
+        if callable(getattr(plugin, "authenticate", None)) and callable(
+            getattr(plugin, "protected_resource", None)
+        ):
+            authenticator: Authenticator = plugin
+            return authenticator
+    return None
 
 
 class PluginFailure(PorticoError):

@@ -61,7 +61,8 @@ class Forwarder:
         self, ctx: Context, session: Session, message: Message, params: dict[str, Any]
     ) -> Message:
         route = ctx.route
-        if route is None:
+        # What a restricted client may not reach does not exist for it, exactly like a name never listed.
+        if route is None or not ctx.allows(route):
             raise _unknown_target(ctx.method, params)
         backend = self.gateway.backends[route.backend]
         own_params = _with_own_name(ctx.method, params, route)

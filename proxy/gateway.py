@@ -19,7 +19,18 @@ import aiohttp
 
 from proxy import __version__, eras, jsonrpc
 from proxy.backend import Backend
-from proxy.chain import Chain, Context, Direction, NamedPlugin, Route
+from proxy.chain import (
+    ANONYMOUS,
+    Authenticator,
+    Chain,
+    Context,
+    Credentials,
+    Direction,
+    NamedPlugin,
+    Principal,
+    Route,
+    authenticator_of,
+)
 from proxy.config import GatewayConfig
 from proxy.connectors import make_connector
 from proxy.errors import (
@@ -35,6 +46,7 @@ from proxy.jsonrpc import Message
 from proxy.listen_hub import ListenHub
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
+from proxy.virtual_servers import build_virtual_servers
 
 if TYPE_CHECKING:
     from proxy.session import Session
@@ -61,10 +73,13 @@ class Gateway:
             config.namespacing.separator, config.namespacing.mode, config.namespacing.max_tool_name_length
         )
         self.backends: dict[str, Backend] = {}
+        self.virtual_servers = build_virtual_servers(config.virtual_servers)
         self.sessions: dict[str, Session] = {}
         self.pager = Pager(config.namespacing.page_size)
         self.catalog: Catalog = build_catalog(0, self.rules, {})
         self.plugins = plugins
+        # The first plugin that can identify clients does; without one every client is anonymous.
+        self.authenticator: Authenticator | None = authenticator_of(plugins)
         self.to_backend = Chain(plugins, self._to_backend)
         self.to_client = Chain(plugins, self._to_client)
         self.forwarder = Forwarder(self)
@@ -127,6 +142,12 @@ class Gateway:
 
     # -- sessions ---------------------------------------------------------------------------------------
 
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        """Who presented ``credentials``; raises ``Unauthenticated`` to refuse them."""
+        if self.authenticator is None:
+            return ANONYMOUS
+        return await self.authenticator.authenticate(credentials)
+
     def register(self, session: Session) -> None:
         self.sessions[session.id] = session
 
@@ -163,6 +184,8 @@ class Gateway:
             session.protocol_version,
             session.principal,
         )
+        if session.view is not None:
+            ctx.restrict(session.view.allows)
         if session.principal.backends is not None:
             ctx.restrict(_within(session.principal.backends))
         return ctx
@@ -225,7 +248,7 @@ class Gateway:
             return None
         request_id = message["id"]
         if method in LIST_METHODS:
-            page = self.pager.page(self.catalog, method, params)
+            page = self.pager.page(self.catalog, method, params, ctx.allows if ctx.restricted else None)
             if ctx.protocol_version in eras.MODERN_VERSIONS:
                 page.update(self._list_cache_hint(method))
             return jsonrpc.result(request_id, page)

@@ -3,11 +3,12 @@
 A ``session: per-client`` backend gets a link of its own for each client session. A modern client has no
 session: every HTTP request is one, so without this pool each of its calls would start a backend process
 and do a handshake. When such a session ends, its link waits here (a few at most, for a short while) and
-the next stateless session declaring the same capabilities takes it over; and whenever a session takes
-the last idle link of its kind, a spare is opened in the background, so concurrent requests rarely wait
-for a process to start. A link serves one session at a time, so a backend's request on it is still
-attributed to exactly one client, and it declares its first session's capabilities, so a backend that
-adapts to what the client can answer sees the truth.
+the next stateless session of the same principal declaring the same capabilities takes it over (a backend
+may keep state per connection, so a link never passes from one principal to another); and whenever a
+session takes the last idle link of its kind, a spare is opened in the background, so concurrent requests
+rarely wait for a process to start. A link serves one session at a time, so a backend's request on it is
+still attributed to exactly one client, and it declares its first session's capabilities, so a backend
+that adapts to what the client can answer sees the truth.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ log = logging.getLogger("portico.backend")
 _LIMIT = 4
 _IDLE_SECONDS = 60.0
 
-PoolKey = tuple[str, ...]
+PoolKey = tuple[str | None, tuple[str, ...]]
 Opener = Callable[[dict[str, Any]], Awaitable[UpstreamLink]]
 
 
-def pool_key(capabilities: dict[str, Any]) -> PoolKey:
-    return tuple(sorted(capabilities))
+def pool_key(subject: str | None, capabilities: dict[str, Any]) -> PoolKey:
+    return subject, tuple(sorted(capabilities))
 
 
 class IdleLinks:
@@ -44,9 +45,10 @@ class IdleLinks:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def take(self, capabilities: dict[str, Any], owner: str) -> UpstreamLink | None:
-        """An idle link for a session with these capabilities (a spare is then made ready), or None."""
-        key = pool_key(capabilities)
+    def take(self, capabilities: dict[str, Any], owner: str, subject: str) -> UpstreamLink | None:
+        """An idle link for a session of ``subject`` with these capabilities (a spare is then made
+        ready), or None."""
+        key = pool_key(subject, capabilities)
         found = None
         for link, (link_key, timer) in list(self._idle.items()):
             if link_key == key and link.closed:
@@ -58,7 +60,7 @@ class IdleLinks:
                 link.owner = owner
                 found = link
         if not any(link_key == key for link_key, _ in self._idle.values()):
-            self._spawn(self._open_spare(capabilities))
+            self._spawn(self._open_spare(capabilities, subject))
         return found
 
     def keep(self, link: UpstreamLink) -> bool:
@@ -67,7 +69,7 @@ class IdleLinks:
             return False
         link.owner = None
         timer = asyncio.get_running_loop().call_later(self._idle_seconds, self._expire, link)
-        self._idle[link] = (pool_key(link.capabilities), timer)
+        self._idle[link] = (pool_key(link.subject, link.capabilities), timer)
         return True
 
     async def close(self) -> None:
@@ -80,7 +82,7 @@ class IdleLinks:
         self._idle.clear()
         await asyncio.gather(*(link.close() for link in links), *self._tasks, return_exceptions=True)
 
-    async def _open_spare(self, capabilities: dict[str, Any]) -> None:
+    async def _open_spare(self, capabilities: dict[str, Any], subject: str) -> None:
         if len(self._idle) >= self._limit:
             return
         try:
@@ -88,6 +90,7 @@ class IdleLinks:
         except BackendUnavailable as exc:
             log.info("a spare per-client link could not be opened: %s", exc.message)
             return
+        link.subject = subject
         if not self.keep(link):
             await link.close()
 

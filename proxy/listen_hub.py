@@ -123,7 +123,7 @@ class ListenHub:
     async def _subscribe(self, ctx: Context, listener: _Listener, uri: str) -> bool:
         route = self.gateway.catalog.route_uri(uri)
         backend = self.gateway.backends.get(route.backend) if route is not None else None
-        if route is None or backend is None or not backend.ready:
+        if route is None or backend is None or not backend.ready or not ctx.allows(route):
             return False
         already = any(uri in other.resources for other in self._by_session.get(listener.session.id, ()))
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,8 @@ class Catalog:
     template_prefixes: tuple[tuple[str, str], ...] = ()
     # Exposed tool name -> its Mcp-Param-* header names and the argument paths they mirror.
     param_paths: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    # Each list's items' routes, in the items' order: what a restricted request may see is decided on them.
+    item_routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
 
     def route_name(self, kind: str, exposed: object) -> Route | None:
         if not isinstance(exposed, str):
@@ -112,20 +114,29 @@ def build_catalog(version: int, rules: NamingRules, lists: Mapping[str, BackendL
             if isinstance(template.get("uriTemplate"), str):
                 prefixes.append((template["uriTemplate"].split("{", 1)[0], backend))
     prefixes.sort(key=lambda p: len(p[0]), reverse=True)
-    items["resources"] = tuple(
-        {**r, "uri": expose_uri(rules, b, r["uri"])}
-        for b, own in lists.items()
-        for r in own.resources
-        if isinstance(r.get("uri"), str)
-    )
-    items["resourceTemplates"] = tuple(
-        {**t, "uriTemplate": expose_uri(rules, b, t["uriTemplate"])}
-        for b, own in lists.items()
-        for t in own.resourceTemplates
-        if isinstance(t.get("uriTemplate"), str)
-    )
+    routes: dict[str, tuple[Route, ...]] = {
+        "tools": tuple(names["tool"][tool["name"]] for tool in items["tools"]),
+        "prompts": tuple(names["prompt"][prompt["name"]] for prompt in items["prompts"]),
+    }
+    for key, kind, field_name in (
+        ("resources", "resource", "uri"),
+        ("resourceTemplates", "template", "uriTemplate"),
+    ):
+        owned_uris = [
+            (b, item)
+            for b, own in lists.items()
+            for item in getattr(own, key)
+            if isinstance(item.get(field_name), str)
+        ]
+        items[key] = tuple(
+            {**item, field_name: expose_uri(rules, b, item[field_name])} for b, item in owned_uris
+        )
+        routes[key] = tuple(
+            Route(b, kind, item[field_name], exposed[field_name])
+            for (b, item), exposed in zip(owned_uris, items[key], strict=True)
+        )
     param_paths = {tool["name"]: paths for tool in items["tools"] if (paths := _param_paths(tool))}
-    return Catalog(version, rules, backends, items, names, uri_owners, tuple(prefixes), param_paths)
+    return Catalog(version, rules, backends, items, names, uri_owners, tuple(prefixes), param_paths, routes)
 
 
 def _param_paths(tool: dict[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -165,11 +176,23 @@ class Pager:
         while len(self._snapshots) > self._keep:
             self._snapshots.popitem(last=False)
 
-    def page(self, current: Catalog, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def page(
+        self,
+        current: Catalog,
+        method: str,
+        params: Mapping[str, Any],
+        allows: Callable[[Route], bool] | None = None,
+    ) -> dict[str, Any]:
+        """One page of a merged list; with ``allows``, of only the items whose route it accepts (a
+        restricted client's cursors count in its own list, which stays the same from page to page)."""
         key, _ = LIST_METHODS[method]
         cursor = params.get("cursor")
         catalog, offset = (current, 0) if cursor is None else self._decode(cursor, method)
         items = catalog.items[key]
+        if allows is not None:
+            items = tuple(
+                item for item, route in zip(items, catalog.item_routes[key], strict=True) if allows(route)
+            )
         end = offset + self.page_size
         page: dict[str, Any] = {key: list(items[offset:end])}
         if end < len(items):

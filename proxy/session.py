@@ -25,6 +25,7 @@ from proxy.jsonrpc import Kind, Message, RequestId
 
 if TYPE_CHECKING:
     from proxy.gateway import Gateway
+    from proxy.virtual_servers import VirtualServer
 
 log = logging.getLogger("portico.session")
 
@@ -64,8 +65,17 @@ class ClientGone(PorticoError):
 class Session:
     """A client session on any transport; see the module docstring."""
 
-    def __init__(self, gateway: Gateway, transport: str, channel: Channel, remote: str = "") -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        transport: str,
+        channel: Channel,
+        remote: str = "",
+        view: VirtualServer | None = None,
+    ) -> None:
         self.id = secrets.token_urlsafe(18)
+        # The virtual server whose endpoint the session was opened on (None: the whole aggregate).
+        self.view = view
         self.gateway = gateway
         self.transport = transport
         self.remote = remote

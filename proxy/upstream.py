@@ -52,6 +52,9 @@ class UpstreamLink:
         self.handler = handler
         # The client session this link serves alone, or None for a link shared by every client.
         self.owner = owner
+        # Whose calls a per-client link has carried: a warm link is handed only to the same principal,
+        # since a backend may keep state per connection.
+        self.subject: str | None = None
         # "legacy" (handshake sessions) or "modern" (2026-07-28, stateless), once started.
         self.era = "legacy"
         # What the backend said of itself: capabilities, serverInfo, instructions, protocolVersion.

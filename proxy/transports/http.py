@@ -31,10 +31,12 @@ from proxy.gateway import Gateway
 from proxy.jsonrpc import Kind, Message
 from proxy.session import Session
 from proxy.transports import http_modern
+from proxy.transports.app_keys import GATEWAY
+from proxy.transports.authentication import Admission, admit, belongs
 from proxy.transports.guards import refusal
 from proxy.transports.http_channel import Exchange, HttpChannel, answer
 from proxy.transports.sse import EventStore, SseSink
-from proxy.transports.websocket import GATEWAY, handle_websocket
+from proxy.transports.websocket import handle_websocket
 
 log = logging.getLogger("portico.http")
 
@@ -51,9 +53,10 @@ class HttpSessions:
         self.clients: dict[str, tuple[Session, HttpChannel]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    def create(self, remote: str) -> tuple[Session, HttpChannel]:
+    def create(self, remote: str, admission: Admission) -> tuple[Session, HttpChannel]:
         channel = HttpChannel(self.gateway.config.listen.event_store_size)
-        session = Session(self.gateway, "streamable-http", channel, remote=remote)
+        session = Session(self.gateway, "streamable-http", channel, remote=remote, view=admission.view)
+        session.authenticated(admission.principal)
         self.clients[session.id] = (session, channel)
         return session, channel
 
@@ -97,6 +100,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     problem = _content_problem(request)
     if problem is not None:
         return problem
+    admission = await admit(request, gateway, "streamable-http")
+    if isinstance(admission, web.Response):
+        return admission
     try:
         async with asyncio.timeout(_BODY_SECONDS):
             body = await request.read()
@@ -109,17 +115,17 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     try:
         message = jsonrpc.loads(body)
         if isinstance(message, list) and not http_modern.speaks_modern(request):
-            return await _post_batch(request, message)
+            return await _post_batch(request, message, admission)
         kind = jsonrpc.classify(message)
     except PorticoError as exc:
         return _error(400, jsonrpc.salvage_id(message), exc)
     if http_modern.speaks_modern(request):
-        return await http_modern.post(request, gateway, message, kind, body)
-    return await _post_message(request, gateway, message, kind, body)
+        return await http_modern.post(request, gateway, message, kind, body, admission)
+    return await _post_message(request, gateway, message, kind, body, admission)
 
 
 async def _post_message(
-    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes
+    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes, admission: Admission
 ) -> web.StreamResponse:
     sessions = request.app[HTTP_SESSIONS]
     request_id = message.get("id") if kind is Kind.REQUEST else None
@@ -132,9 +138,9 @@ async def _post_message(
         if len(sessions.clients) >= gateway.config.listen.max_sessions:
             busy = PorticoError("Service Unavailable: too many sessions; try again later")
             return _error(503, request_id, busy, retry=True)
-        session, channel = sessions.create(request.remote or "")
+        session, channel = sessions.create(request.remote or "", admission)
     else:
-        found = _session(request, sessions, request_id)
+        found = _session(request, sessions, request_id, admission)
         if isinstance(found, web.Response):
             return found
         session, channel = found
@@ -180,10 +186,10 @@ async def _relay(
             await sessions.end(session.id)
 
 
-async def _post_batch(request: web.Request, batch: list[Any]) -> web.StreamResponse:
+async def _post_batch(request: web.Request, batch: list[Any], admission: Admission) -> web.StreamResponse:
     """Several messages in one POST: part of protocol version 2025-03-26 only. The replies to its
     requests come back as one JSON array (what precedes a reply is not streamed in a batch)."""
-    found = _session(request, request.app[HTTP_SESSIONS], None)
+    found = _session(request, request.app[HTTP_SESSIONS], None, admission)
     if isinstance(found, web.Response):
         return found
     session, channel = found
@@ -232,7 +238,10 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
         return refused
     if not _accepts(request, "text/event-stream"):
         return _error(406, None, InvalidRequest("Not Acceptable: a GET needs Accept: text/event-stream"))
-    found = _session(request, request.app[HTTP_SESSIONS], None)
+    admission = await admit(request, gateway, "streamable-http")
+    if isinstance(admission, web.Response):
+        return admission
+    found = _session(request, request.app[HTTP_SESSIONS], None, admission)
     if isinstance(found, web.Response):
         return found
     session, channel = found
@@ -296,11 +305,15 @@ async def _catch_up(sink: SseSink, store: EventStore, stream: int, after: int) -
 
 
 async def handle_delete(request: web.Request) -> web.StreamResponse:
-    refused = _session_verb_refusal(request, request.app[GATEWAY])
+    gateway = request.app[GATEWAY]
+    refused = _session_verb_refusal(request, gateway)
     if refused is not None:
         return refused
+    admission = await admit(request, gateway, "streamable-http")
+    if isinstance(admission, web.Response):
+        return admission
     sessions = request.app[HTTP_SESSIONS]
-    found = _session(request, sessions, None)
+    found = _session(request, sessions, None, admission)
     if isinstance(found, web.Response):
         return found
     await sessions.end(found[0].id)
@@ -316,7 +329,7 @@ def _session_verb_refusal(request: web.Request, gateway: Gateway) -> web.Respons
 
 
 def _session(
-    request: web.Request, sessions: HttpSessions, request_id: Any
+    request: web.Request, sessions: HttpSessions, request_id: Any, admission: Admission
 ) -> tuple[Session, HttpChannel] | web.Response:
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None:
@@ -324,7 +337,7 @@ def _session(
             400, request_id, InvalidRequest(f"Bad Request: the {SESSION_HEADER} header is required")
         )
     client = sessions.clients.get(session_id)
-    if client is None:
+    if client is None or client[0].closed or not belongs(client[0], admission):
         return _error(404, request_id, InvalidRequest("Session not found; initialize a new session"))
     version = request.headers.get(VERSION_HEADER)
     if version is not None and version not in eras.HANDSHAKE_VERSIONS:

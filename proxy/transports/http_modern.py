@@ -20,6 +20,7 @@ from proxy.errors import PorticoError
 from proxy.gateway import Gateway
 from proxy.jsonrpc import Kind, Message
 from proxy.session import Session
+from proxy.transports.authentication import Admission
 from proxy.transports.http_channel import Exchange, HttpChannel, NextFrame, answer
 
 _PEER_CHECK_SECONDS = 1.0
@@ -41,7 +42,7 @@ def not_allowed() -> web.Response:
 
 
 async def post(
-    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes
+    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes, admission: Admission
 ) -> web.StreamResponse:
     if kind is not Kind.REQUEST:
         return web.Response(status=202)
@@ -51,7 +52,8 @@ async def post(
     except PorticoError as exc:
         return _error(message["id"], exc)
     channel = HttpChannel(store_size=0)
-    session = Session(gateway, "streamable-http", channel, remote=request.remote or "")
+    session = Session(gateway, "streamable-http", channel, remote=request.remote or "", view=admission.view)
+    session.authenticated(admission.principal)
     exchange = Exchange(message["id"])
     channel.exchanges[message["id"]] = exchange
     answered = False

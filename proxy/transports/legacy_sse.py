@@ -16,9 +16,10 @@ from proxy import jsonrpc
 from proxy.errors import InvalidRequest, PorticoError
 from proxy.jsonrpc import RequestId
 from proxy.session import Session
+from proxy.transports.app_keys import GATEWAY
+from proxy.transports.authentication import admit, belongs
 from proxy.transports.guards import refusal
 from proxy.transports.sse import SseSink
-from proxy.transports.websocket import GATEWAY
 
 log = logging.getLogger("portico.sse")
 
@@ -53,9 +54,13 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     refused = refusal(request, gateway.config.listen)
     if refused is not None:
         return refused
+    admission = await admit(request, gateway, "sse")
+    if isinstance(admission, web.Response):
+        return admission
     sink = await SseSink.open(request, 0, {})
     channel = SseChannel(sink)
     session = Session(gateway, "sse", channel, remote=request.remote or "")
+    session.authenticated(admission.principal)
     sessions = request.app[LEGACY_SESSIONS]
     sessions[session.id] = session
     try:
@@ -72,8 +77,11 @@ async def handle_message(request: web.Request) -> web.Response:
     refused = refusal(request, gateway.config.listen)
     if refused is not None:
         return refused
+    admission = await admit(request, gateway, "sse")
+    if isinstance(admission, web.Response):
+        return admission
     session = request.app[LEGACY_SESSIONS].get(request.query.get("session_id", ""))
-    if session is None:
+    if session is None or not belongs(session, admission):
         return web.json_response({"error": "unknown session; open GET /sse first"}, status=404)
     if request.content_type != "application/json":
         return _error(415, InvalidRequest("Unsupported Media Type: Content-Type must be application/json"))

@@ -1,4 +1,5 @@
-"""MCP over WebSocket at ``/mcp``: subprotocol ``mcp``, one JSON-RPC message per text frame.
+"""MCP over WebSocket at ``/mcp`` (and each virtual server's ``/servers/{name}/mcp``): subprotocol ``mcp``,
+one JSON-RPC message per text frame.
 
 The session lives exactly as long as the socket. Origins are checked before the upgrade so a web page
 on another site cannot reach a gateway on localhost (DNS rebinding); frames over the size limit close the
@@ -15,14 +16,14 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from proxy import jsonrpc
 from proxy.errors import InvalidRequest
-from proxy.gateway import Gateway
 from proxy.jsonrpc import RequestId
 from proxy.session import Session
+from proxy.transports.app_keys import GATEWAY
+from proxy.transports.authentication import admit
 from proxy.transports.guards import refusal
 
 log = logging.getLogger("portico.websocket")
 
-GATEWAY = web.AppKey("gateway", Gateway)
 # Open client sockets, so that shutdown can say goodbye (1001) instead of waiting for each to leave.
 OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet[web.WebSocketResponse])
 
@@ -56,6 +57,9 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
             "refused a WebSocket from origin %r, host %r", request.headers.get("Origin"), request.host
         )
         return refused
+    admission = await admit(request, gateway, "websocket")
+    if isinstance(admission, web.Response):
+        return admission
     ws = web.WebSocketResponse(
         protocols=("mcp",),
         heartbeat=listen.heartbeat_seconds,
@@ -71,7 +75,8 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
 
     channel = WebSocketChannel(ws)
-    session = Session(gateway, "websocket", channel, remote=request.remote or "")
+    session = Session(gateway, "websocket", channel, remote=request.remote or "", view=admission.view)
+    session.authenticated(admission.principal)
     request.app[OPEN_SOCKETS].add(ws)
     try:
         async for frame in ws:
