@@ -80,11 +80,19 @@ def _describe(cfg: config.GatewayConfig, plugin_names: list[str]) -> str:
     lines = [f"config: {cfg.source}", f"listen: ws://{cfg.listen.host}:{cfg.listen.port}/mcp", "backends:"]
     for name, backend in cfg.mcpServers.items():
         state = " (disabled)" if backend.disabled else ""
+        # Header and environment values are secrets: only their names are shown.
         if isinstance(backend, config.StdioBackendConfig):
             target = " ".join([backend.command, *backend.args])
-            lines.append(f"  {name}: stdio, session {backend.session}{state}: {target}")
+            env = f" (env: {', '.join(backend.env)})" if backend.env else ""
+            lines.append(f"  {name}: stdio, session {backend.session}{state}: {target}{env}")
         else:
-            lines.append(f"  {name}: {backend.transport}, session {backend.session}{state}: {backend.url}")
+            extras = [f"headers: {', '.join(backend.headers)}"] if backend.headers else []
+            if backend.auth is not None:
+                extras.append(f"auth: {backend.auth.type} at {backend.auth.token_url}")
+            shown = f" ({'; '.join(extras)})" if extras else ""
+            lines.append(
+                f"  {name}: {backend.transport}, session {backend.session}{state}: {backend.url}{shown}"
+            )
     rules = cfg.namespacing
     lines.append(
         f"namespacing: mode {rules.mode}, separator {rules.separator!r}, "

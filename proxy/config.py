@@ -20,17 +20,24 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
     Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from proxy.errors import ConfigError
 
 BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ``${VAR}``, ``${VAR:-default}`` or ``${file:PATH}``.
+_ENV_REFERENCE = re.compile(
+    r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}"
+)
+# A ``${file:...}`` bigger than this is a mistake (a log, a device), not a credential.
+_MAX_SECRET_FILE_BYTES = 64 * 1024
 # ``${PORTICO_PYTHON}`` lets a config start Python backends with the interpreter running the gateway.
 _BUILTIN_VARIABLES = {"PORTICO_PYTHON": sys.executable}
 
@@ -65,6 +72,35 @@ class NamespacingConfig(_Strict):
     page_size: int = Field(500, ge=1, le=100_000)
 
 
+class Secret(str):
+    """A config value that is never shown: backend headers, environment values, client secrets.
+
+    It is its text wherever it is used (equal to it, sent as it), but its ``repr`` is masked, so the
+    repr or str of any config holding it is too, and a JSON dump of the config masks it as well.
+    Deliberately a ``str``, not pydantic's ``SecretStr``: code that reads these values keeps working.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"'{SECRET_MASK}'"
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls,
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda _: SECRET_MASK, when_used="json"
+            ),
+        )
+
+
+SECRET_MASK = "**********"  # noqa: S105 - what is shown instead of a secret, not a password
+
+
 class _BackendBase(_Strict):
     session: Literal["shared", "per-client"] = "shared"
     # Which era of MCP to speak to the backend. ``auto`` asks the backend (``server/discover``, falling
@@ -81,7 +117,8 @@ class StdioBackendConfig(_BackendBase):
     type: Literal["stdio"] = "stdio"
     command: str = Field(min_length=1)
     args: tuple[str, ...] = ()
-    env: dict[str, str] = Field(default_factory=dict)
+    # Secret: never printed, logged or shown by ``portico check``.
+    env: dict[str, Secret] = Field(default_factory=dict)
     cwd: str | None = None
 
 
@@ -92,14 +129,59 @@ _SCHEMES = {
 }
 
 
+class ClientCredentialsConfig(_Strict):
+    """OAuth 2.0 client credentials toward a remote backend (RFC 6749 section 4.4).
+
+    The gateway fetches an access token from ``token_url``, caches it, refreshes it before it expires
+    and sends it as ``Authorization: Bearer`` (see ``proxy.credentials``).
+    """
+
+    type: Literal["client_credentials"]
+    token_url: str
+    client_id: str = Field(min_length=1)
+    client_secret: Secret
+    scope: str | None = None
+    # RFC 8707 resource indicator, sent as ``resource``; some identity providers want ``audience``.
+    resource: str | None = None
+    audience: str | None = None
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    # The deadline of one token request.
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("token_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("token_url needs an http:// or https:// URL")
+        return url
+
+    @field_validator("client_secret")
+    @classmethod
+    def _not_empty(cls, secret: Secret) -> Secret:
+        if not secret:
+            raise ValueError("client_secret is empty")
+        return secret
+
+
 class RemoteBackendConfig(_BackendBase):
     # Client configs call this ``type`` (and say "http" for Streamable HTTP); every spelling is accepted.
     # Without one, the URL's scheme decides: ws:// is WebSocket, http:// Streamable HTTP.
     transport: Literal["websocket", "streamable-http", "sse"] | None = Field(None, alias="type")
     url: str
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Secret: never printed, logged or shown by ``portico check``.
+    headers: dict[str, Secret] = Field(default_factory=dict)
+    auth: ClientCredentialsConfig | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("headers")
+    @classmethod
+    def _one_line_values(cls, headers: dict[str, Secret]) -> dict[str, Secret]:
+        # Named, never echoed: the value is a secret.
+        for name, value in headers.items():
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} must be one line")
+        return headers
 
     @field_validator("transport", mode="before")
     @classmethod
@@ -123,6 +205,12 @@ class RemoteBackendConfig(_BackendBase):
         if self.transport is None:
             inferred = "websocket" if self.url.startswith(("ws://", "wss://")) else "streamable-http"
             object.__setattr__(self, "transport", inferred)
+        return self
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> RemoteBackendConfig:
+        if self.auth is not None and any(name.lower() == "authorization" for name in self.headers):
+            raise ValueError("auth and headers.Authorization both set the Authorization header; keep one")
         return self
 
 
@@ -295,7 +383,7 @@ def _check_node(node: yaml.Node, path: tuple[int | str, ...], source: str) -> No
 
 
 def _expand_variables(value: Any, source: str, path: tuple[str, ...]) -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in the strings of backend entries."""
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in the strings of backend entries."""
     if isinstance(value, dict):
         return {k: _expand_variables(v, source, (*path, str(k))) for k, v in value.items()}
     if isinstance(value, list):
@@ -306,7 +394,9 @@ def _expand_variables(value: Any, source: str, path: tuple[str, ...]) -> Any:
 
 
 def _lookup(match: re.Match[str], source: str, path: tuple[str, ...]) -> str:
-    name, default = match.group(1), match.group(2)
+    if match.group("file") is not None:
+        return _file_contents(match.group("file"), source, path)
+    name, default = match.group("name"), match.group("default")
     found = os.environ.get(name, _BUILTIN_VARIABLES.get(name))
     if found is not None:
         return found
@@ -314,3 +404,24 @@ def _lookup(match: re.Match[str], source: str, path: tuple[str, ...]) -> str:
         return default
     where = _key_path(int(p[1:-1]) if p.startswith("[") else p for p in path)
     raise ConfigError(f"{source}: {where}: environment variable {name} is not set and has no default")
+
+
+def _file_contents(name: str, source: str, path: tuple[str, ...]) -> str:
+    """A ``${file:PATH}``: the file's text less one trailing newline; PATH is relative to the config's
+    directory. Errors name the key path and the file, never what it holds."""
+    base = Path(source).parent if source != "<memory>" else Path.cwd()
+    file = base / name
+    where = _key_path(int(p[1:-1]) if p.startswith("[") else p for p in path)
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}: {where}: cannot read {file}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        raise ConfigError(f"{source}: {where}: {file} is larger than {_MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: {where}: {file} is not UTF-8 text") from None
+    # Editors end files with a newline, secret generators do not: drop exactly one.
+    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text

@@ -12,6 +12,7 @@ from proxy.connectors.http import StreamableHttpConnector
 from proxy.connectors.sse import SseConnector
 from proxy.connectors.stdio import StdioConnector
 from proxy.connectors.websocket import WebSocketConnector
+from proxy.credentials import credentials_for
 
 __all__ = ["Connector", "make_connector"]
 
@@ -30,4 +31,5 @@ def make_connector(
     remote = {"streamable-http": StreamableHttpConnector, "sse": SseConnector}.get(
         transport or config.transport or "", WebSocketConnector
     )
-    return remote(backend, config, http)
+    # One credentials provider per backend, shared by all its connectors: one token cache for all links.
+    return remote(backend, config, http, credentials_for(backend, config, http))

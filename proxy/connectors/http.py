@@ -10,6 +10,9 @@ A modern-era request (its ``_meta`` names the protocol version) stands alone: no
 headers repeat the method and target (``Mcp-Method``, ``Mcp-Name``). Such a request is cancelled by
 closing its response, not with ``notifications/cancelled``. A backend that refuses the handshake with
 an HTTP client error may be an old HTTP+SSE server; ``fallback`` offers that connector instead.
+
+Every request carries the backend's credentials (``proxy.credentials``); one answered 401 is sent once
+more with fresh ones.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
 from proxy.connectors.sse import SseConnector
 from proxy.connectors.sse_events import read_events
+from proxy.credentials import REFUSED, BackendCredentials, credentials_for, send_with_credentials
 from proxy.errors import BackendUnavailable, ErrorCode
 
 _CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -36,10 +40,17 @@ _RECONNECT_SECONDS = 1.0
 class StreamableHttpConnector(Connector):
     transport = "streamable-http"
 
-    def __init__(self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        backend: str,
+        config: RemoteBackendConfig,
+        http: aiohttp.ClientSession,
+        credentials: BackendCredentials | None = None,
+    ) -> None:
         super().__init__(backend)
         self.config = config
         self.http = http
+        self.credentials = credentials or credentials_for(backend, config, http)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._initialize_id: Any = None
@@ -60,7 +71,7 @@ class StreamableHttpConnector(Connector):
         if self._handshake_refused is None:
             return None
         self.log.info("the handshake was refused (HTTP %d); trying HTTP+SSE", self._handshake_refused)
-        return SseConnector(self.backend, self.config, self.http)
+        return SseConnector(self.backend, self.config, self.http, self.credentials)
 
     def note_tools(self, tools: tuple[dict[str, Any], ...]) -> None:
         self._param_paths = {}
@@ -71,7 +82,7 @@ class StreamableHttpConnector(Connector):
                     self._param_paths[tool["name"]] = paths
 
     def _headers(self, accept: str, message: dict[str, Any] | None = None) -> dict[str, str]:
-        headers = {**self.config.headers, "Accept": accept}
+        headers = {"Accept": accept}
         if message is not None and eras.is_modern(message):
             headers |= eras.request_headers(message)
             params = jsonrpc.params_of(message)
@@ -97,7 +108,7 @@ class StreamableHttpConnector(Connector):
             "Content-Type": "application/json"
         }
         try:
-            response = await self.http.post(self.config.url, data=data, headers=headers, timeout=_CONNECT)
+            response = await self._request("POST", headers, data=data)
         except aiohttp.ClientConnectorError as exc:
             self._gone(f"the backend is unreachable: {exc}")
             raise BackendUnavailable(f"cannot reach {self.config.url}: {exc}") from None
@@ -109,6 +120,12 @@ class StreamableHttpConnector(Connector):
         await self._take(response, message)
         if message.get("method") == "notifications/initialized":
             self._spawn(self._listen())
+
+    async def _request(self, method: str, headers: dict[str, str], **options: Any) -> aiohttp.ClientResponse:
+        # No principal: connectors are shared by every client (see proxy.credentials).
+        return await send_with_credentials(
+            self.http, self.credentials, method, self.config.url, headers=headers, timeout=_CONNECT, **options
+        )
 
     def _close_stream(self, cancellation: dict[str, Any]) -> bool:
         """Cancel a modern request the way that era says: close its response. False if there is none."""
@@ -149,7 +166,8 @@ class StreamableHttpConnector(Connector):
 
     def _failed(self, sent: dict[str, Any], status: int, body: bytes) -> None:
         # An HTTP error answers the request it came back for; one carrying a JSON-RPC error says more.
-        if sent.get("method") == "initialize" and 400 <= status < 500:
+        # Refused credentials say nothing about the transport: no fallback for those.
+        if sent.get("method") == "initialize" and 400 <= status < 500 and status not in (401, 403):
             self._handshake_refused = status
         if "id" not in sent or "method" not in sent:
             self.log.warning("POST answered %d: %.200r", status, body)
@@ -160,6 +178,8 @@ class StreamableHttpConnector(Connector):
                 self._deliver(reply)
                 return
         what = f"the backend answered HTTP {status}" if status else "the backend's reply stream ended early"
+        if status == 401:
+            what = REFUSED
         error = {"code": ErrorCode.BACKEND_UNAVAILABLE, "message": what}
         self._deliver(jsonrpc.error(sent["id"], error))
 
@@ -198,9 +218,10 @@ class StreamableHttpConnector(Connector):
             if last_event:
                 headers["Last-Event-ID"] = last_event
             try:
-                async with self.http.get(self.config.url, headers=headers, timeout=_CONNECT) as response:
+                async with await self._request("GET", headers) as response:
                     if response.status != 200:
-                        return  # 405: this backend offers no such stream
+                        # 405: this backend offers no such stream (401: it refused fresh credentials too).
+                        return
                     async for event in read_events(response, self.config.max_message_bytes):
                         last_event = event.id or last_event
                         if event.event == "message":
@@ -222,7 +243,8 @@ class StreamableHttpConnector(Connector):
         if self._closed:
             return
         try:
-            async with self.http.head(self.config.url, headers=self.config.headers, timeout=_CONNECT):
+            # Without credentials: any HTTP answer, a 401 too, says the backend is there.
+            async with self.http.head(self.config.url, timeout=_CONNECT):
                 return
         except aiohttp.ClientConnectorError as exc:
             self._gone(f"the backend is unreachable: {exc}")
@@ -244,11 +266,9 @@ class StreamableHttpConnector(Connector):
         for task in list(self._tasks):
             task.cancel()
         if self.session_id:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, BackendUnavailable):
                 async with asyncio.timeout(_CLOSE_SECONDS):
-                    response = await self.http.delete(
-                        self.config.url, headers=self._headers("application/json")
-                    )
+                    response = await self._request("DELETE", self._headers("application/json"))
                     response.release()
         self._report_closed("closed by the gateway")
 

@@ -1,7 +1,8 @@
 """Backends that speak the 2024-11-05 HTTP+SSE transport: one GET stream in, a POST per message out.
 
 The stream's first event, ``endpoint``, names where to POST; it must be on the same origin as the
-stream, so a backend cannot make the gateway send messages elsewhere. The session ends with the stream.
+stream, so a backend cannot make the gateway send messages elsewhere (with its credentials, which go
+with the stream's request and with every POST). The session ends with the stream.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from yarl import URL
 from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
 from proxy.connectors.sse_events import SseEvent, read_events
+from proxy.credentials import REFUSED, BackendCredentials, credentials_for, send_with_credentials
 from proxy.errors import BackendUnavailable
 
 _CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -25,23 +27,32 @@ _ENDPOINT_SECONDS = 10.0
 class SseConnector(Connector):
     transport = "sse"
 
-    def __init__(self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        backend: str,
+        config: RemoteBackendConfig,
+        http: aiohttp.ClientSession,
+        credentials: BackendCredentials | None = None,
+    ) -> None:
         super().__init__(backend)
         self.config = config
         self.http = http
+        self.credentials = credentials or credentials_for(backend, config, http)
         self.endpoint: URL | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def _open(self) -> None:
-        headers = {**self.config.headers, "Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream"}
         try:
-            self._response = await self.http.get(self.config.url, headers=headers, timeout=_CONNECT)
+            self._response = await send_with_credentials(
+                self.http, self.credentials, "GET", self.config.url, headers=headers, timeout=_CONNECT
+            )
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailable(f"cannot reach {self.config.url}: {exc or type(exc).__name__}") from None
         if self._response.status != 200:
             self._response.release()
-            raise BackendUnavailable(f"{self.config.url} answered HTTP {self._response.status}")
+            raise BackendUnavailable(_refusal(self.config.url, self._response.status))
         events = read_events(self._response, self.config.max_message_bytes)
         try:
             async with asyncio.timeout(_ENDPOINT_SECONDS):
@@ -75,13 +86,20 @@ class SseConnector(Connector):
     async def send(self, data: bytes) -> None:
         if self.endpoint is None or self._reader is None or self._reader.done():
             raise BackendUnavailable(f"backend {self.backend!r} is not connected")
-        headers = {**self.config.headers, "Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         try:
-            async with self.http.post(
-                self.endpoint, data=data, headers=headers, timeout=_CONNECT
-            ) as response:
+            response = await send_with_credentials(
+                self.http,
+                self.credentials,
+                "POST",
+                self.endpoint,
+                headers=headers,
+                data=data,
+                timeout=_CONNECT,
+            )
+            async with response:
                 if response.status >= 300:
-                    raise BackendUnavailable(f"{self.endpoint} answered HTTP {response.status}")
+                    raise BackendUnavailable(_refusal(self.endpoint, response.status))
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailable(f"cannot reach {self.endpoint}: {exc}") from None
 
@@ -93,3 +111,7 @@ class SseConnector(Connector):
         if self._response is not None:
             self._response.release()
         self._report_closed("closed by the gateway")
+
+
+def _refusal(where: object, status: int) -> str:
+    return f"{where}: {REFUSED}" if status == 401 else f"{where} answered HTTP {status}"

@@ -1,14 +1,19 @@
-"""Backends reached over WebSocket: subprotocol ``mcp``, one JSON-RPC message per text frame."""
+"""Backends reached over WebSocket: subprotocol ``mcp``, one JSON-RPC message per text frame.
+
+Credentials go with the handshake; a handshake refused with 401 is tried once more with fresh ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 import aiohttp
 
 from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
+from proxy.credentials import REFUSED, BackendCredentials, credentials_for
 from proxy.errors import BackendUnavailable
 
 _CONNECT_TIMEOUT_SECONDS = 10.0
@@ -18,31 +23,55 @@ _HEARTBEAT_SECONDS = 20.0
 class WebSocketConnector(Connector):
     transport = "websocket"
 
-    def __init__(self, backend: str, config: RemoteBackendConfig, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        backend: str,
+        config: RemoteBackendConfig,
+        http: aiohttp.ClientSession,
+        credentials: BackendCredentials | None = None,
+    ) -> None:
         super().__init__(backend)
         self.config = config
         self.http = http
+        self.credentials = credentials or credentials_for(backend, config, http)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def _open(self) -> None:
         try:
-            async with asyncio.timeout(_CONNECT_TIMEOUT_SECONDS):
-                self._ws = await self.http.ws_connect(
-                    self.config.url,
-                    protocols=("mcp",),
-                    headers=self.config.headers,
-                    heartbeat=_HEARTBEAT_SECONDS,
-                    max_msg_size=self.config.max_message_bytes,
-                    # Deflate costs CPU on every frame and opens the door to compression bombs.
-                    compress=0,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                )
+            self._ws = await self._connect_with_credentials()
+        except aiohttp.WSServerHandshakeError as exc:
+            why = REFUSED if exc.status == 401 else str(exc)
+            raise BackendUnavailable(f"cannot connect to {self.config.url}: {why}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise BackendUnavailable(
                 f"cannot connect to {self.config.url}: {exc or type(exc).__name__}"
             ) from None
         self._reader = asyncio.create_task(self._read(self._ws), name=f"{self.backend}-ws")
+
+    async def _connect_with_credentials(self) -> aiohttp.ClientWebSocketResponse:
+        """The handshake carries the credentials; one refused with 401 is tried once more with fresh ones."""
+        # No principal: a connection is shared by every client (see proxy.credentials).
+        presented = await self.credentials.headers(None)
+        try:
+            return await self._connect(presented)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status != 401 or not await self.credentials.rejected(presented, None):
+                raise
+        return await self._connect(await self.credentials.headers(None))
+
+    async def _connect(self, headers: Mapping[str, str]) -> aiohttp.ClientWebSocketResponse:
+        async with asyncio.timeout(_CONNECT_TIMEOUT_SECONDS):
+            return await self.http.ws_connect(
+                self.config.url,
+                protocols=("mcp",),
+                headers=headers,
+                heartbeat=_HEARTBEAT_SECONDS,
+                max_msg_size=self.config.max_message_bytes,
+                # Deflate costs CPU on every frame and opens the door to compression bombs.
+                compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         reason = "connection closed"
