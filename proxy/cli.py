@@ -1,4 +1,4 @@
-"""The ``portico`` command: ``serve``, ``check`` and ``--version``."""
+"""The ``portico`` command: ``serve``, ``check``, ``token``, ``policy`` and ``--version``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from plugins.auth.cli import add_token_commands, run_token_command
+from plugins.policy.cli import add_policy_commands, run_policy_command
 from proxy import __version__, config
 from proxy.app import build_app
 from proxy.errors import ConfigError
 from proxy.gateway import Gateway
-from proxy.plugin_loader import build_plugins
+from proxy.plugin_loader import build_plugins, plugin_options
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "portico.yaml"
 log = logging.getLogger("portico")
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command in ("token", "policy"):
+        return _plugin_command(args)
     try:
         cfg = config.load(args.config)
         plugins = build_plugins(cfg)
@@ -55,24 +59,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _plugin_command(args: argparse.Namespace) -> int:
+    """``token`` and ``policy``: they work with the auth and policy plugins' files, as configured."""
+    try:
+        cfg = config.load(args.config)
+        if args.command == "token":
+            _check_backends(cfg, getattr(args, "backends", None))
+            return run_token_command(args, plugin_options(cfg, "auth"))
+        return run_policy_command(args, plugin_options(cfg, "policy"))
+    except ConfigError as exc:
+        print(f"portico: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _check_backends(cfg: config.GatewayConfig, backends: tuple[str, ...] | None) -> None:
+    unknown = [name for name in backends or () if name not in cfg.mcpServers]
+    if unknown:
+        raise ConfigError(f"{cfg.source} has no backend named {', '.join(map(repr, unknown))}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portico", description="A WebSocket-first MCP gateway.")
     parser.add_argument("--version", action="version", version=f"portico {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=str(DEMO_CONFIG), help="YAML or JSON file (default: the bundled demo)"
+    )
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(dest="command")
     for name, text in (
         ("serve", "run the gateway"),
         ("check", "validate a config and show what it resolves to"),
     ):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument(
-            "--config", default=str(DEMO_CONFIG), help="YAML or JSON file (default: the bundled demo)"
-        )
-        sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        sub = commands.add_parser(name, help=text, parents=[common])
         if name == "serve":
             sub.add_argument("--host", help="address to listen on (overrides listen.host)")
             sub.add_argument(
                 "--port", type=int, help="port to listen on, 0 for any free one (overrides listen.port)"
             )
+    add_token_commands(commands, parents=[common])
+    add_policy_commands(commands, parents=[common])
     return parser
 
 

@@ -31,6 +31,17 @@ def build_plugins(config: GatewayConfig) -> list[NamedPlugin]:
     return [_build(entry, config.source, index) for index, entry in enumerate(config.plugins)]
 
 
+def plugin_options(config: GatewayConfig, name: str) -> Any:
+    """The validated options of the first plugin entry called ``name`` (for commands that work with a
+    plugin's files without running it: ``portico token``, ``portico policy``), or None if there is none."""
+    for index, entry in enumerate(config.plugins):
+        if entry.name == name:
+            where = f"{config.source}: plugins[{index}]"
+            options_type = getattr(_resolve(entry.name, where), "Options", None)
+            return None if options_type is None else _options(options_type, entry, where)
+    return None
+
+
 def _build(entry: PluginEntry, source: str, index: int) -> NamedPlugin:
     where = f"{source}: plugins[{index}]"
     factory = _resolve(entry.name, where)
@@ -41,14 +52,7 @@ def _build(entry: PluginEntry, source: str, index: int) -> NamedPlugin:
                 raise ConfigError(f"{where}.options: plugin {entry.name!r} takes no options")
             instance = factory()
         else:
-            _refuse_unknown_options(options_type, entry.options, where)
-            options = TypeAdapter(options_type).validate_python(entry.options)
-            instance = factory(options)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        message = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{where}.options{'.' + path if path else ''}: {message}") from None
+            instance = factory(_options(options_type, entry, where))
     except ConfigError:
         raise
     except Exception as exc:
@@ -57,6 +61,19 @@ def _build(entry: PluginEntry, source: str, index: int) -> NamedPlugin:
         raise ConfigError(f"{where}: {entry.name!r} is not a plugin (it needs an async __call__)")
     plugin: Plugin = instance
     return NamedPlugin(name=entry.name, plugin=plugin)
+
+
+def _options(options_type: Any, entry: PluginEntry, where: str) -> Any:
+    _refuse_unknown_options(options_type, entry.options, where)
+    try:
+        return TypeAdapter(options_type).validate_python(entry.options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        message = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
+        # pydantic prefixes the messages of a validator's ValueError; the operator needs only the message.
+        message = message.removeprefix("Value error, ")
+        raise ConfigError(f"{where}.options{'.' + path if path else ''}: {message}") from None
 
 
 def _resolve(name: str, where: str) -> Any:

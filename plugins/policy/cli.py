@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -26,13 +27,18 @@ from proxy.chain import Principal
 ALLOW, DENY, BAD_INPUT = 0, 1, 2
 
 
-def add_policy_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_policy_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> None:
     """Add ``policy check`` to a parser's subcommands (``args.command == "policy"`` when the parent's
-    subparsers use ``dest="command"``; ``args.policy_command == "check"``)."""
+    subparsers use ``dest="command"``; ``args.policy_command == "check"``); ``parents`` (e.g. one with
+    ``--config``) are added to ``check``."""
     policy = subparsers.add_parser("policy", help="ask the access policy (the policy plugin's files)")
     commands = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
     check = commands.add_parser(
         "check",
+        parents=list(parents),
         help="decide one request and show the rule that decided",
         description="Decide one request as the policy plugin would; exit 0 allow, 1 deny, 2 bad input.",
     )

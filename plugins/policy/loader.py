@@ -10,6 +10,7 @@ file in force says what they wrote.
 from __future__ import annotations
 
 import ast
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from casbin.persist.adapter import load_policy_line
 from casbin.util import util as casbin_util
 
 from plugins.policy.subject import RoleGraph
+
+# Casbin logs every model it reads at INFO, a line per section; the plugin logs what it loaded itself.
+logging.getLogger("casbin").setLevel(logging.WARNING)
 
 # A file's identity for change detection: (modification time in ns, size, inode); None when unreadable.
 FileStamp = tuple[int, int, int] | None
