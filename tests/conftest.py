@@ -20,6 +20,7 @@ from proxy import config
 from proxy.app import build_app
 from proxy.gateway import Gateway
 from proxy.plugin_loader import build_plugins
+from tests.fixtures.oauth_server import OAuthServer
 from tests.rawclient import RawClient
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -113,3 +114,14 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
                 await client.close()
         await http.close()
         await server.close()
+
+
+# The client secret the ``oauth`` authorization server expects of the gateway (tests put it in files).
+OAUTH_CLIENT_SECRET = "cs-7f3a9b-never-log-me"
+
+
+@pytest.fixture
+async def oauth() -> AsyncIterator[OAuthServer]:
+    """A real OAuth authorization server (client credentials, introspection) on 127.0.0.1."""
+    async with OAuthServer(client_id="portico", client_secret=OAUTH_CLIENT_SECRET) as server:
+        yield server

@@ -22,21 +22,15 @@ from proxy import config
 from proxy.config import ClientCredentialsConfig, RemoteBackendConfig, StdioBackendConfig
 from proxy.credentials import ClientCredentials, credentials_for
 from proxy.errors import BackendUnavailable, ConfigError
-from tests.conftest import StartGateway, everything, listening_fixture
+from tests.conftest import OAUTH_CLIENT_SECRET, StartGateway, everything, listening_fixture
 from tests.fixtures.oauth_server import OAuthServer
 from tests.rawclient import RawClient
 from tests.test_aggregation import text_of
 from tests.test_bidirectional import call
 
-CLIENT_SECRET = "cs-7f3a9b-never-log-me"
+CLIENT_SECRET = OAUTH_CLIENT_SECRET
 HEADER_SECRET = "hdr-51c0de-never-log-me"
 ENV_SECRET = "env-9d2e11-never-log-me"
-
-
-@pytest.fixture
-async def oauth() -> AsyncIterator[OAuthServer]:
-    async with OAuthServer(client_id="portico", client_secret=CLIENT_SECRET) as server:
-        yield server
 
 
 @asynccontextmanager

@@ -25,7 +25,9 @@ import pytest
 from yarl import URL
 
 from tests.conftest import RunningGateway, StartGateway, fixture_server
+from tests.fixtures.oauth_server import OAuthServer
 from tests.rawclient import RawClient, RpcError
+from tests.test_backend_credentials import auth_block, guarded
 from tests.test_http_transport import POST_HEADERS, Endpoint, initialize_params, request, tool_call
 
 SECRET = "an HS256 secret that is long enough to be accepted, 0123456789"
@@ -391,3 +393,38 @@ async def test_a_denied_caller_can_neither_call_nor_see_a_tool_on_websocket_and_
     admin = await s.ws(s.jwt("ada", roles=["admin"]))
     assert {t["name"] for t in await admin.list_all("tools/list", "tools")} == {"legacy_echo", "legacy_stats"}
     assert (await admin.call("tools/call", {"name": "legacy_stats", "arguments": {}}))["content"]
+
+
+async def test_the_clients_token_reaches_no_backend_on_any_backend_transport(
+    start_gateway: StartGateway, oauth: OAuthServer, tmp_path: Path
+) -> None:
+    """Each remote backend lets through only tokens its authorization server issued (it asks by
+    introspection, and every token it was shown is recorded): the gateway presents its own, and the
+    client's JWT is never among them; the stdio backend's record of everything it read lacks it too."""
+    record = tmp_path / "stdio-received.jsonl"
+    async with (
+        guarded(oauth, "http", "http_backend.py", "--transport", "streamable-http") as http_url,
+        guarded(oauth, "sse", "http_backend.py", "--transport", "sse") as sse_url,
+        guarded(oauth, "ws", "ws_backend.py") as ws_url,
+    ):
+        remote = {"h": {"url": http_url}, "s": {"url": sse_url, "type": "sse"}, "w": {"url": ws_url}}
+        backends: dict[str, Any] = {
+            name: {**entry, "era": "legacy", "auth": auth_block(oauth, tmp_path)}
+            for name, entry in remote.items()
+        }
+        backends["o"] = fixture_server("legacy_only_server.py", env={"RECORD_TO": str(record)})
+        gw = await start_gateway(
+            {"mcpServers": backends, "plugins": [{"name": "auth", "options": auth_options(tmp_path)}]}
+        )
+        bearer = token("alice", aud=str(gw.server.make_url("/mcp")))
+        client = await RawClient.connect(gw.http, gw.url, headers={"Authorization": f"Bearer {bearer}"})
+        gw.clients.append(client)
+        await client.initialize()
+        for name in ("h", "s", "w", "o"):
+            reply = await client.call("tools/call", {"name": f"{name}_echo", "arguments": {"text": name}})
+            assert reply["content"][0]["text"] == name
+    for label in ("http", "sse", "ws"):
+        shown = [seen.token for seen in oauth.seen[label]]
+        assert shown and set(shown) <= set(oauth.issued), label
+        assert bearer not in shown, label
+    assert bearer not in record.read_text()
