@@ -10,6 +10,9 @@ reaches a backend, and a denied caller can neither call nor see a tool.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -22,6 +25,11 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from yarl import URL
 
 from tests.conftest import RunningGateway, StartGateway, fixture_server
@@ -119,11 +127,71 @@ async def secured(start_gateway: StartGateway, tmp_path: Path) -> AsyncIterator[
 # -- refusals at the edge ----------------------------------------------------------------------------------
 
 
-def bad_tokens(s: Secured) -> dict[str, str]:
+class RsaIssuer:
+    """A second, RS256 issuer whose keys the gateway fetches from a real JWKS endpoint (counted)."""
+
+    name = "https://rsa-idp.example.test"
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.public_pem = self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.fetches = 0
+        self.server: TestServer | None = None
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        jwk = {
+            **json.loads(RSAAlgorithm.to_jwk(self.key.public_key())),
+            "kid": "k1",
+            "alg": "RS256",
+            "use": "sig",
+        }
+        return web.json_response({"keys": [jwk]})
+
+    @property
+    def jwks_url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("/jwks"))
+
+    def sign(self, claims: dict[str, Any], kid: str = "k1", key: rsa.RSAPrivateKey | None = None) -> str:
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.fixture
+async def rsa_issuer() -> AsyncIterator[RsaIssuer]:
+    issuer = RsaIssuer()
+    app = web.Application()
+    app.router.add_get("/jwks", issuer._jwks)
+    issuer.server = TestServer(app, host="127.0.0.1", port=0)
+    await issuer.server.start_server()
+    yield issuer
+    await issuer.server.close()
+
+
+def hs256_signed_with(secret: bytes, claims: dict[str, Any]) -> str:
+    """An HS256 token made by hand: pyjwt itself refuses to use a public key as an HMAC secret."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def bad_tokens(s: Secured, rsa_issuer: RsaIssuer) -> dict[str, str]:
     now = int(time.time())
     good = s.jwt()
     header, payload, signature = good.split(".")
+    rsa_claims = {"sub": "mallory", "iss": rsa_issuer.name, "aud": s.resource, "exp": now + 600}
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return {
+        "HS/RS key confusion": hs256_signed_with(rsa_issuer.public_pem, rsa_claims),
+        "unknown kid": rsa_issuer.sign(rsa_claims, kid="k-unknown", key=stranger),
+        "missing aud": jwt.encode({"sub": "alice", "iss": ISSUER, "exp": now + 600}, SECRET, "HS256"),
+        "missing iss": jwt.encode({"sub": "alice", "aud": s.resource, "exp": now + 600}, SECRET, "HS256"),
         "alg none": jwt.encode(
             {"sub": "alice", "iss": ISSUER, "aud": s.resource, "exp": now + 600}, None, "none"
         ),
@@ -142,11 +210,21 @@ def bad_tokens(s: Secured) -> dict[str, str]:
 
 
 async def test_every_bad_token_gets_401_with_a_challenge_and_reaches_no_backend(
-    secured: SecureGateway,
+    secured: SecureGateway, rsa_issuer: RsaIssuer
 ) -> None:
-    s = await secured()
+    s = await secured(
+        issuers=[
+            {"issuer": ISSUER, "secret": SECRET},
+            {"issuer": rsa_issuer.name, "jwks_url": rsa_issuer.jwks_url},
+        ]
+    )
+    # The RS256 issuer works: its own token, signed with its key, is served.
+    rs256 = rsa_issuer.sign(
+        {"sub": "rita", "iss": rsa_issuer.name, "aud": s.resource, "exp": int(time.time()) + 600}
+    )
+    assert (await s.http(rs256).post(request("initialize", initialize_params()))).status == 200
     before = len(s.backend_lines())
-    tokens = bad_tokens(s)
+    tokens = bad_tokens(s, rsa_issuer)
     assert 7800 < len(tokens["8 KB token"]) < 8150
     for what, bad in {**tokens, "no token": ""}.items():
         endpoint = s.http(bad or None)
@@ -163,7 +241,9 @@ async def test_every_bad_token_gets_401_with_a_challenge_and_reaches_no_backend(
         assert refused.value.status == 401, what
     # Nothing at all reached the backend after its own start-up handshake.
     assert len(s.backend_lines()) == before
-    assert not s.gw.gateway.sessions
+    assert len(s.gw.gateway.sessions) == 1  # the RS256 client's, and no other
+    # Unknown kids made the gateway look at the JWKS again at most once (the first fetch, one refetch).
+    assert rsa_issuer.fetches <= 2
 
 
 async def test_a_good_token_is_served_on_websocket_http_and_sse(secured: SecureGateway) -> None:
