@@ -17,8 +17,9 @@ from proxy import config
 from proxy.chain import ANONYMOUS, Chain, Context, Direction, NamedPlugin, Principal, authenticator_of
 from proxy.errors import ConfigError, ErrorCode, Unauthenticated
 from proxy.plugin_loader import build_plugins
+from tests.fake_session import FakeSession
 from tests.test_auth_jwt import ISSUER, RESOURCE, SECRET, FakeClock, claims, credentials
-from tests.test_auth_tokens import FakeSession, Terminal, call
+from tests.test_auth_tokens import Terminal, call
 
 SOURCE = "portico-auth-test.yaml"
 

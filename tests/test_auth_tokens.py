@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from plugins.auth.cli import add_token_commands, run_token_command
 from proxy.chain import Chain, Context, Direction, NamedPlugin, Principal
 from proxy.errors import ErrorCode, Unauthenticated
 from proxy.jsonrpc import Message
+from tests.fake_session import FakeSession
 from tests.test_auth_jwt import credentials
 
 TOKEN_KEY = "a-token-hashing-key-that-is-long-enough-0123"
@@ -52,20 +52,6 @@ def plugin_in(cwd: Path, **options: Any) -> Auth:
     """The plugin as the gateway would run it in ``cwd`` (whose .portico/ the commands wrote)."""
     store = str(cwd / ".portico" / "tokens.sqlite")
     return Auth(AuthOptions.model_validate({"token_store": store, **options}))
-
-
-@dataclass
-class FakeSession:
-    """A session whose ``end`` records why it was ended."""
-
-    id: str = "session-1"
-    transport: str = "test"
-    protocol_version: str | None = "2025-11-25"
-    client_info: dict[str, Any] = field(default_factory=dict)
-    ended: list[str] = field(default_factory=list)
-
-    def end(self, reason: str) -> None:
-        self.ended.append(reason)
 
 
 class Terminal:

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,7 @@ from proxy.chain import Chain, Context, Direction, Handler, Key, NamedPlugin, Ro
 from proxy.errors import InvalidParams, Rejection
 from proxy.jsonrpc import Message
 from tests.conftest import StartGateway, everything
-
-
-@dataclass
-class FakeSession:
-    id: str = "session-1"
-    transport: str = "test"
-    protocol_version: str | None = "2025-11-25"
-    client_info: dict[str, Any] = field(default_factory=dict)
+from tests.fake_session import FakeSession
 
 
 def ctx_for(

@@ -8,7 +8,6 @@ import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from proxy.errors import ConfigError, ErrorCode
 from proxy.jsonrpc import Message
 from proxy.plugin_loader import build_plugins
 from tests.conftest import StartGateway, everything
+from tests.fake_session import FakeSession
 from tests.rawclient import RpcError
 
 RBAC_MODEL = """
@@ -79,17 +79,6 @@ p, role:admin, acme, notes/*, *, allow
 p, role:admin, globex, weather/*, *, allow
 g, erin, role:admin, acme
 """
-
-
-@dataclass
-class FakeSession:
-    id: str = "session-1"
-    transport: str = "test"
-    protocol_version: str | None = "2025-11-25"
-    client_info: dict[str, Any] = field(default_factory=dict)
-
-    def end(self, reason: str) -> None:
-        pass
 
 
 class Terminal:

@@ -9,7 +9,6 @@ import random
 import re
 import string
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from proxy.chain import Context, Direction, Handler
 from proxy.errors import ConfigError, ErrorCode
 from proxy.jsonrpc import Message
 from proxy.plugin_loader import build_plugins
+from tests.fake_session import FakeSession
 
 # -- realistic fake secrets, built at run time (no secret-looking literal sits in the source) --------------
 
@@ -61,17 +61,6 @@ IBAN_GB = "GB82WEST12345698765432"
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FakeSession:
-    id: str = "session-1"
-    transport: str = "test"
-    protocol_version: str | None = "2025-11-25"
-    client_info: dict[str, Any] = field(default_factory=dict)
-
-    def end(self, reason: str) -> None:
-        return None
 
 
 def ctx_for(message: Message, direction: Direction = Direction.TO_BACKEND) -> Context:

@@ -25,6 +25,16 @@ KEY_FILE_NAME = "tokens.key"
 ALWAYS_REQUIRED_CLAIMS = ("exp", "iss", "aud")
 
 
+def long_secret(value: str | None, option: str, what: str) -> str | None:
+    """The option's value with ``${ENV}`` expanded, refused when shorter than a safe HMAC key."""
+    if value is None:
+        return None
+    value = expand_variables(value, option)
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"{what} must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
 class IssuerOptions(BaseModel):
     """One trusted token issuer and exactly one source of its verification keys."""
 
@@ -46,12 +56,7 @@ class IssuerOptions(BaseModel):
     @field_validator("secret")
     @classmethod
     def _secret_is_long(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = expand_variables(value, "secret")
-        if len(value.encode()) < MIN_SECRET_BYTES:
-            raise ValueError(f"an HS256 secret must be at least {MIN_SECRET_BYTES} bytes long")
-        return value
+        return long_secret(value, "secret", "an HS256 secret")
 
     @field_validator("jwks_url")
     @classmethod
@@ -139,12 +144,7 @@ class AuthOptions(BaseModel):
     @field_validator("token_key")
     @classmethod
     def _token_key_is_long(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = expand_variables(value, "token_key")
-        if len(value.encode()) < MIN_SECRET_BYTES:
-            raise ValueError(f"token_key must be at least {MIN_SECRET_BYTES} bytes long")
-        return value
+        return long_secret(value, "token_key", "token_key")
 
     @field_validator("required_claims")
     @classmethod

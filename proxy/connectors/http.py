@@ -27,9 +27,10 @@ import orjson
 from proxy import eras, jsonrpc, param_headers
 from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
+from proxy.connectors.remote import RemoteConnector
 from proxy.connectors.sse import SseConnector
 from proxy.connectors.sse_events import read_events
-from proxy.credentials import REFUSED, BackendCredentials, credentials_for, send_with_credentials
+from proxy.credentials import REFUSED, BackendCredentials, send_with_credentials
 from proxy.errors import BackendUnavailable, ErrorCode
 
 _CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -37,7 +38,7 @@ _CLOSE_SECONDS = 3.0
 _RECONNECT_SECONDS = 1.0
 
 
-class StreamableHttpConnector(Connector):
+class StreamableHttpConnector(RemoteConnector):
     transport = "streamable-http"
 
     def __init__(
@@ -47,10 +48,7 @@ class StreamableHttpConnector(Connector):
         http: aiohttp.ClientSession,
         credentials: BackendCredentials | None = None,
     ) -> None:
-        super().__init__(backend)
-        self.config = config
-        self.http = http
-        self.credentials = credentials or credentials_for(backend, config, http)
+        super().__init__(backend, config, http, credentials)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._initialize_id: Any = None

@@ -15,16 +15,16 @@ import aiohttp
 from yarl import URL
 
 from proxy.config import RemoteBackendConfig
-from proxy.connectors.base import Connector
+from proxy.connectors.remote import RemoteConnector
 from proxy.connectors.sse_events import SseEvent, read_events
-from proxy.credentials import REFUSED, BackendCredentials, credentials_for, send_with_credentials
+from proxy.credentials import REFUSED, BackendCredentials, send_with_credentials
 from proxy.errors import BackendUnavailable
 
 _CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 _ENDPOINT_SECONDS = 10.0
 
 
-class SseConnector(Connector):
+class SseConnector(RemoteConnector):
     transport = "sse"
 
     def __init__(
@@ -34,10 +34,7 @@ class SseConnector(Connector):
         http: aiohttp.ClientSession,
         credentials: BackendCredentials | None = None,
     ) -> None:
-        super().__init__(backend)
-        self.config = config
-        self.http = http
-        self.credentials = credentials or credentials_for(backend, config, http)
+        super().__init__(backend, config, http, credentials)
         self.endpoint: URL | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._reader: asyncio.Task[None] | None = None

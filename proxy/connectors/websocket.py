@@ -12,15 +12,15 @@ from collections.abc import Mapping
 import aiohttp
 
 from proxy.config import RemoteBackendConfig
-from proxy.connectors.base import Connector
-from proxy.credentials import REFUSED, BackendCredentials, credentials_for
+from proxy.connectors.remote import RemoteConnector
+from proxy.credentials import REFUSED, BackendCredentials
 from proxy.errors import BackendUnavailable
 
 _CONNECT_TIMEOUT_SECONDS = 10.0
 _HEARTBEAT_SECONDS = 20.0
 
 
-class WebSocketConnector(Connector):
+class WebSocketConnector(RemoteConnector):
     transport = "websocket"
 
     def __init__(
@@ -30,10 +30,7 @@ class WebSocketConnector(Connector):
         http: aiohttp.ClientSession,
         credentials: BackendCredentials | None = None,
     ) -> None:
-        super().__init__(backend)
-        self.config = config
-        self.http = http
-        self.credentials = credentials or credentials_for(backend, config, http)
+        super().__init__(backend, config, http, credentials)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
