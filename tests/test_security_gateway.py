@@ -37,6 +37,8 @@ from tests.fixtures.oauth_server import OAuthServer
 from tests.rawclient import RawClient, RpcError
 from tests.test_backend_credentials import auth_block, guarded
 from tests.test_http_transport import POST_HEADERS, Endpoint, initialize_params, request, tool_call
+from tests.test_modern_era import modern_post
+from tests.test_modern_era import request as modern_request
 
 SECRET = "an HS256 secret that is long enough to be accepted, 0123456789"
 ISSUER = "https://idp.example.test"
@@ -508,3 +510,23 @@ async def test_the_clients_token_reaches_no_backend_on_any_backend_transport(
         assert shown and set(shown) <= set(oauth.issued), label
         assert bearer not in shown, label
     assert bearer not in record.read_text()
+
+
+async def test_modern_stateless_requests_are_authenticated_and_filtered_each_time(
+    secured: SecureGateway, policy_files: dict[str, Any]
+) -> None:
+    """A 2026-07-28 client has no session: every POST is authenticated on its own, and the policy filters
+    and denies exactly as for a session."""
+    s = await secured(policy=policy_files)
+    url = URL(s.resource)
+    listing = modern_request("tools/list", {})
+    refused = await s.gw.http.post(url, json=listing, headers=modern_post(method="tools/list"))
+    assert refused.status == 401 and "resource_metadata=" in refused.headers["WWW-Authenticate"]
+    reader = {"Authorization": f"Bearer {s.jwt('rita', roles=['reader'])}"}
+    listed = await s.gw.http.post(url, json=listing, headers={**modern_post(method="tools/list"), **reader})
+    assert listed.status == 200
+    assert {t["name"] for t in (await listed.json())["result"]["tools"]} == {"legacy_echo"}
+    call = modern_request("tools/call", {"name": "legacy_stats", "arguments": {}})
+    denied = await s.gw.http.post(url, json=call, headers={**modern_post("legacy_stats"), **reader})
+    assert (await denied.json())["error"]["code"] == -32063
+    assert s.calls_reaching_backend() == []
