@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= proxy/demo/portico.yaml
 
-.PHONY: run test lint typecheck unit interop-setup conformance bench bench-smoke check clean
+.PHONY: run test lint typecheck unit interop-setup services-setup conformance bench bench-smoke check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ interop-setup: $(STAMP)
 conformance: $(STAMP) interop-setup
 	$(BIN)/python -m tests.conformance.run
 
-unit: $(STAMP) interop-setup
+# Real services some tests run against (redis-server), from Debian's packages when missing.
+services-setup:
+	bash tests/services/setup.sh
+
+unit: $(STAMP) interop-setup services-setup
 	$(BIN)/python -m pytest -q
 
 # pytest runs last, so its summary is the closing line of the run.

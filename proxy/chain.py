@@ -53,6 +53,10 @@ class Route:
     name: str
     # The name or URI the client used.
     exposed: str
+    # What the backend's annotations say of a tool: it only reads (readOnlyHint), or calling it twice
+    # does no more than calling it once (idempotentHint). See ``only_reads`` and ``safe_to_repeat``.
+    read_only: bool = False
+    idempotent: bool = False
 
     @property
     def object(self) -> str:
@@ -68,6 +72,38 @@ USE_ACTIONS: Mapping[str, str] = {
     "resource": "resources/read",
     "template": "resources/read",
 }
+
+
+# Requests that change nothing: safe to retry, to cache and to share between identical callers.
+READ_METHODS = frozenset(
+    {
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/get",
+        "completion/complete",
+        "ping",
+        "server/discover",
+    }
+)
+
+
+def only_reads(method: str, route: Route | None) -> bool:
+    """Whether a request only reads (so its result may be cached, or shared by identical calls): the
+    read methods, and calls of tools the backend annotates ``readOnlyHint``."""
+    if method == "tools/call":
+        return route is not None and route.read_only
+    return method in READ_METHODS
+
+
+def safe_to_repeat(method: str, route: Route | None) -> bool:
+    """Whether sending a request twice does no harm (retries, failover to another instance): what only
+    reads, and calls of tools annotated ``idempotentHint``. Anything else reaches a backend at most once."""
+    if method == "tools/call":
+        return route is not None and route.idempotent
+    return method in READ_METHODS
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +212,10 @@ class Context:
 
 Handler = Callable[[Context, Message], Awaitable[Message | None]]
 
+# The version of the access policy that decided a request, set by the policy plugin: whatever keeps an
+# answer for later (a cache) keys it on this, so a policy change never serves a stale allow.
+POLICY_VERSION: Key[int] = Key("policy.version")
+
 
 class Plugin(Protocol):
     """One layer of the chain. See the module docstring for what it may do."""
@@ -211,6 +251,26 @@ class Authenticator(Protocol):
     def protected_resource(self, path: str, url: str) -> dict[str, Any]:
         """The RFC 9728 protected-resource metadata of the endpoint at ``path``."""
         ...
+
+
+class BackendObserver(Protocol):
+    """A plugin that also wants to hear what happens to backends, outside any one message (a cache
+    forgetting what a backend's change made stale). Called synchronously; it must not block or raise.
+
+    Events: ``lists_changed`` (the backend's tools, prompts or resources changed, or it came back),
+    ``down`` (it is withdrawn), ``resource_updated`` (``params["uri"]``: the URI clients know).
+    """
+
+    def backend_event(self, backend: str, event: str, params: Mapping[str, Any]) -> None: ...
+
+
+def observers_of(plugins: Sequence[NamedPlugin]) -> list[BackendObserver]:
+    found: list[BackendObserver] = []
+    for named in plugins:
+        plugin: Any = named.plugin
+        if callable(getattr(plugin, "backend_event", None)):
+            found.append(plugin)
+    return found
 
 
 def authenticator_of(plugins: Sequence[NamedPlugin]) -> Authenticator | None:

@@ -5,7 +5,8 @@
     ├── Rejection                     a plugin refused a message (auth, policy, rate limit, ...)
     │   ├── Unauthenticated           no, or no longer, a valid credential (HTTP 401 and a challenge)
     │   │   └── InsufficientScope     a valid credential without a scope the request needs (HTTP 403)
-    │   └── AccessDenied              a policy said no (names subject, object and action)
+    │   ├── AccessDenied              a policy said no (names subject, object and action)
+    │   └── RateLimited               over a rate limit; ``data.retryAfterSeconds`` (HTTP 429)
     ├── InvalidRequest / InvalidParams / MethodNotFound
     │                                 the client's own mistake, reported with the client's id
     └── BackendError                  the backend's fault, never the client's
@@ -39,6 +40,7 @@ class ErrorCode:
     INSUFFICIENT_SCOPE = -32062
     ACCESS_DENIED = -32063
     REDACTION_BLOCKED = -32064
+    RATE_LIMITED = -32065
 
 
 class PorticoError(Exception):
@@ -100,6 +102,17 @@ class AccessDenied(Rejection):
     """A policy refused the request; the message names the subject, the object and the action."""
 
     code = ErrorCode.ACCESS_DENIED
+
+
+class RateLimited(Rejection):
+    """Over a rate limit: try again after ``retry_after`` seconds (in the error's data, and as HTTP 429
+    with ``Retry-After`` over HTTP)."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, data={"retryAfterSeconds": round(retry_after, 3)})
+        self.retry_after = retry_after
 
 
 class InvalidRequest(PorticoError):

@@ -30,6 +30,7 @@ from proxy.chain import (
     Principal,
     Route,
     authenticator_of,
+    observers_of,
 )
 from proxy.config import GatewayConfig
 from proxy.connectors import make_connector
@@ -80,6 +81,7 @@ class Gateway:
         self.plugins = plugins
         # The first plugin that can identify clients does; without one every client is anonymous.
         self.authenticator: Authenticator | None = authenticator_of(plugins)
+        self.observers = observers_of(plugins)
         self.to_backend = Chain(plugins, self._to_backend)
         self.to_client = Chain(plugins, self._to_client)
         self.forwarder = Forwarder(self)
@@ -343,6 +345,7 @@ class Gateway:
         )
         if message["method"] == "notifications/resources/updated":
             message = self.forwarder.expose_notification_uri(backend.name, message)
+            self._observe(backend, "resource_updated", jsonrpc.params_of(message))
         route = Route(backend.name, "backend", message["method"], message["method"])
         for session in targets:
             if message["method"] == "notifications/resources/updated" and self.listens.listening(session):
@@ -351,13 +354,22 @@ class Gateway:
                 session.post(self.context(session, message, Direction.TO_CLIENT, route), message)
 
     def backend_changed(self, backend: Backend) -> None:
+        self._observe(backend, "lists_changed", {})
         self._rebuild_and_announce()
 
     def backend_down(self, backend: Backend, reason: str) -> None:
         log.error(
             "backend %s is down: %s; its tools are withdrawn, the others keep serving", backend.name, reason
         )
+        self._observe(backend, "down", {})
         self._rebuild_and_announce()
+
+    def _observe(self, backend: Backend, event: str, params: dict[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer.backend_event(backend.name, event, params)
+            except Exception:
+                log.exception("a plugin failed to take the event %s of backend %s", event, backend.name)
 
     def _rebuild_and_announce(self) -> None:
         before = self.catalog

@@ -102,7 +102,10 @@ def build_catalog(version: int, rules: NamingRules, lists: Mapping[str, BackendL
     for key, kind in (("tools", "tool"), ("prompts", "prompt")):
         owned = _first_of_each_name(lists, key)
         table = build_name_table([(b, item["name"]) for b, item in owned], rules, kind)
-        names[kind] = {exposed: Route(b, kind, n, exposed) for (b, n), exposed in table.items()}
+        hints = {(b, item["name"]): _hints(item) for b, item in owned}
+        names[kind] = {
+            exposed: Route(b, kind, n, exposed, *hints[(b, n)]) for (b, n), exposed in table.items()
+        }
         items[key] = tuple({**item, "name": table[(b, item["name"])]} for b, item in owned)
     uri_owners: dict[str, str] = {}
     prefixes: list[tuple[str, str]] = []
@@ -137,6 +140,16 @@ def build_catalog(version: int, rules: NamingRules, lists: Mapping[str, BackendL
         )
     param_paths = {tool["name"]: paths for tool in items["tools"] if (paths := _param_paths(tool))}
     return Catalog(version, rules, backends, items, names, uri_owners, tuple(prefixes), param_paths, routes)
+
+
+def _hints(item: dict[str, Any]) -> tuple[bool, bool]:
+    """(read_only, idempotent) as a tool's annotations say; a read-only tool is idempotent too. Hints
+    are the backend's word, trusted only to decide what may be retried, cached or shared."""
+    annotations = item.get("annotations")
+    if not isinstance(annotations, dict):
+        return False, False
+    read_only = annotations.get("readOnlyHint") is True
+    return read_only, read_only or annotations.get("idempotentHint") is True
 
 
 def _param_paths(tool: dict[str, Any]) -> dict[str, tuple[str, ...]]:

@@ -22,6 +22,7 @@ from proxy.gateway import Gateway
 from proxy.plugin_loader import build_plugins
 from tests.fixtures.oauth_server import OAuthServer
 from tests.rawclient import RawClient
+from tests.redis_server import RedisServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -125,3 +126,10 @@ async def oauth() -> AsyncIterator[OAuthServer]:
     """A real OAuth authorization server (client credentials, introspection) on 127.0.0.1."""
     async with OAuthServer(client_id="portico", client_secret=OAUTH_CLIENT_SECRET) as server:
         yield server
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A real, empty redis-server on a free loopback port (tests/redis_server.py)."""
+    async with RedisServer() as server:
+        yield server.url

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.chain import Route
+from proxy.chain import Route, only_reads, safe_to_repeat
 from proxy.errors import InvalidParams
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import BackendLists, Catalog, Pager, build_catalog
@@ -459,3 +459,24 @@ async def test_a_forged_cursor_through_the_gateway_is_invalid_params(start_gatew
         reply = await client.request("tools/list", {"cursor": GARBAGE_CURSORS[name]})
         assert reply["error"]["code"] == -32602, (name, reply)
     assert (await client.call("ping")) == {}
+
+
+def test_tool_annotations_say_what_may_be_retried_cached_and_shared() -> None:
+    annotated = (
+        {"name": "look", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}},
+        {"name": "put", "inputSchema": {"type": "object"}, "annotations": {"idempotentHint": True}},
+        {"name": "send", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": "yes"}},
+        {"name": "plain", "inputSchema": {"type": "object"}},
+    )
+    built = catalog(b=BackendLists(tools=annotated))
+    look, put, send, plain = (built.route_name("tool", f"b_{n}") for n in ("look", "put", "send", "plain"))
+    assert look is not None and look.read_only and look.idempotent
+    assert put is not None and not put.read_only and put.idempotent
+    # Only a literal true counts: anything else is the backend saying nothing.
+    assert send is not None and not send.read_only and not send.idempotent
+    assert plain is not None and not plain.read_only
+    assert only_reads("tools/call", look) and safe_to_repeat("tools/call", look)
+    assert not only_reads("tools/call", put) and safe_to_repeat("tools/call", put)
+    assert not safe_to_repeat("tools/call", plain) and not safe_to_repeat("tools/call", None)
+    assert only_reads("resources/read", None) and safe_to_repeat("prompts/get", None)
+    assert not safe_to_repeat("resources/subscribe", None)

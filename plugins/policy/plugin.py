@@ -40,7 +40,7 @@ from pydantic import Field
 
 from plugins.policy.engine import PolicyEngine
 from plugins.policy.loader import LoadedPolicy, PolicyFileError, Stamps, stamp
-from proxy.chain import USE_ACTIONS, Context, Direction, Handler, Principal, Route
+from proxy.chain import POLICY_VERSION, USE_ACTIONS, Context, Direction, Handler, Principal, Route
 from proxy.errors import AccessDenied
 from proxy.jsonrpc import Message
 
@@ -78,6 +78,7 @@ class Policy:
         return await call_next(ctx, message)
 
     def _enforce(self, ctx: Context) -> None:
+        ctx.set(POLICY_VERSION, self.engine.version)
         principal = ctx.principal
         route = ctx.route
         if route is None:
