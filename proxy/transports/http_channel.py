@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
+from proxy.errors import ErrorCode
 from proxy.jsonrpc import RequestId
 from proxy.transports.sse import EventStore, SseSink
 
@@ -92,7 +95,8 @@ async def answer(
 
     ``next_frame`` may end the wait early (returning None), as the modern era does when the client goes;
     ``status_of`` picks the HTTP status of a JSON reply; ``headers_for`` is asked once the first frame
-    is there (an ``initialize`` names its session only if it succeeded).
+    is there (an ``initialize`` names its session only if it succeeded). In both eras a rate-limited
+    reply sent as JSON is a 429 with ``Retry-After``; one that ends an SSE stream keeps the stream's 200.
     """
     take = next_frame or _queue_reader(exchange)
     item = await take()
@@ -104,6 +108,9 @@ async def answer(
         return web.Response(status=204, headers=headers)  # cancelled: no reply, as the specification says
     if final:
         status = status_of(frame) if status_of else 200
+        retry_after = _retry_after(frame)
+        if retry_after is not None:
+            status, headers = 429, {**headers, "Retry-After": retry_after}
         return web.Response(status=status, body=frame, content_type="application/json", headers=headers)
     # Something comes before the reply: from here on this response is an SSE stream.
     exchange.stream = channel.store.new_stream()
@@ -120,6 +127,22 @@ async def answer(
         item = await take()
     exchange.done.set()
     return response
+
+
+def _retry_after(frame: bytes) -> str | None:
+    """The ``Retry-After`` (whole seconds, rounded up) of a rate-limited error reply, else None."""
+    # Cheap test first: most replies are not rate-limit errors and need no second parse.
+    if str(ErrorCode.RATE_LIMITED).encode() not in frame:
+        return None
+    reply = orjson.loads(frame)
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if not isinstance(error, dict) or error.get("code") != ErrorCode.RATE_LIMITED:
+        return None
+    data = error.get("data")
+    seconds = data.get("retryAfterSeconds") if isinstance(data, dict) else None
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        seconds = 1
+    return str(max(1, math.ceil(seconds)))
 
 
 def _queue_reader(exchange: Exchange) -> NextFrame:
