@@ -34,6 +34,8 @@ from proxy.connectors.base import Connector
 from proxy.errors import BackendError, BackendUnavailable, ErrorCode, InvalidParams, PorticoError
 from proxy.jsonrpc import Message
 from proxy.link_pool import IdleLinks
+from proxy.resilience import AsyncBreaker, BackendDown, Resilience, probe_until_closed
+from proxy.restart import Restarter
 from proxy.router import LIST_METHODS, BackendLists
 from proxy.upstream import UpstreamLink
 
@@ -44,6 +46,8 @@ _MAX_LIST_PAGES = 1000
 _MAX_INPUT_ROUNDS = 16
 _INPUT_METHODS = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
 _SET_LEVEL_SECONDS = 10.0
+# The gateway's own half-open probe (a ping) waits no longer than this for its answer.
+_PROBE_TIMEOUT_SECONDS = 5.0
 # Capabilities a shared link declares: the gateway can route these to the calling client. Roots are
 # left out because roots belong to one client and a shared session has many.
 _SHARED_LINK_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {"form": {}}}
@@ -145,6 +149,16 @@ class Backend:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Server-to-client requests being relayed, by (link, the backend's request id).
         self._relays: dict[tuple[int, Any], asyncio.Task[Any]] = {}
+        # Resilience (proxy.resilience, proxy.restart): while the breaker is not closed, or the process
+        # is being restarted, the backend's tools are out of the lists and its calls fail fast.
+        self.breaker = (
+            AsyncBreaker(name, config.breaker, self._breaker_changed) if config.breaker.enabled else None
+        )
+        self._breaker_was_closed = True
+        self._prober: asyncio.Task[None] | None = None
+        self.resilience = Resilience(name, config.retry, self.breaker)
+        restartable = isinstance(config, StdioBackendConfig) and config.restart.enabled
+        self.restarter = Restarter(name, config.restart, self._restart) if restartable else None
 
     @property
     def modern(self) -> bool:
@@ -157,7 +171,8 @@ class Backend:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        """Running and trusted: a backend whose breaker is open or half-open offers nothing."""
+        return self.state == "ready" and (self.breaker is None or self.breaker.closed)
 
     # -- life cycle ------------------------------------------------------------------------------------
 
@@ -220,6 +235,8 @@ class Backend:
 
     async def stop(self) -> None:
         self.state = "stopped"
+        if self.restarter is not None:
+            await self.restarter.close()
         for task in list(self._tasks):
             task.cancel()
         if self._listener is not None:
@@ -246,11 +263,29 @@ class Backend:
     # -- calls -----------------------------------------------------------------------------------------
 
     async def call(
-        self, session: ClientIdentity, method: str, params: dict[str, Any], timeout: float
+        self,
+        session: ClientIdentity,
+        method: str,
+        params: dict[str, Any],
+        timeout: float,
+        *,
+        retryable: bool = False,
     ) -> Message:
-        """Forward a request for ``session`` and return the backend's response message."""
-        if not self.ready:
-            raise BackendUnavailable(f"backend {self.name!r} is unavailable ({self.state})")
+        """Forward a request for ``session`` and return the backend's response message.
+
+        Through the circuit breaker; sent again after a link failure only if ``retryable`` (the caller
+        knows the request is safe to repeat), all within ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        return await self.resilience.run(
+            lambda remaining, is_retry: self._attempt(session, method, dict(params), remaining, is_retry),
+            retryable=retryable,
+            deadline=deadline,
+        )
+
+    async def _attempt(
+        self, session: ClientIdentity, method: str, params: dict[str, Any], timeout: float, is_retry: bool
+    ) -> Message:
+        timeout = await self._wait_running(timeout, is_retry)
         link = await self._link_for(session, timeout)
         progress_id = self._remap_progress(session.id, params)
         self._inflight[session.id] += 1
@@ -272,6 +307,21 @@ class Backend:
                 del self._inflight[session.id]
             if progress_id is not None:
                 self._progress.pop(progress_id, None)
+
+    async def _wait_running(self, timeout: float, is_retry: bool) -> float:
+        """Fail fast while the backend is down; a retry may wait for a restart under way. Returns the
+        time left."""
+        if self.state == "ready":
+            return timeout
+        restarter = self.restarter
+        if is_retry and restarter is not None and restarter.pending:
+            started = asyncio.get_running_loop().time()
+            if await restarter.wait_until_back(timeout) and self.state == "ready":
+                return timeout - (asyncio.get_running_loop().time() - started)
+        restarting = restarter is not None and restarter.pending
+        raise BackendDown(
+            f"backend {self.name!r} is unavailable ({self.state}{', restarting' if restarting else ''})"
+        )
 
     async def _bridge_input_requests(
         self,
@@ -505,15 +555,56 @@ class Backend:
 
     def on_link_closed(self, link: UpstreamLink, reason: str) -> None:
         if link is self._catalog_link and self.state != "stopped":
-            was_ready = self.state == "ready"
+            was_offered = self.ready
             self.state = "down"
-            if was_ready:
+            if was_offered:
                 self._events.backend_down(self, reason)
             for client_link in list(self._client_links.values()):
                 self._spawn(client_link.close())
             self._client_links.clear()
+            if self.restarter is not None:
+                self.restarter.schedule()
         elif link.owner is not None and self._client_links.get(link.owner) is link:
             del self._client_links[link.owner]
+
+    # -- resilience -----------------------------------------------------------------------------------
+
+    async def _restart(self) -> None:
+        """One restart attempt (see proxy.restart): a fresh process, a clean breaker, the tools back."""
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        await self.start()
+        if self.breaker is not None and not self.breaker.closed:
+            self.breaker.reset()  # announces the tools through _breaker_changed
+        else:
+            self._events.backend_changed(self)
+
+    def _breaker_changed(self, state: str) -> None:
+        closed = state == "closed"
+        was_closed, self._breaker_was_closed = self._breaker_was_closed, closed
+        if not closed and (self._prober is None or self._prober.done()):
+            self._prober = self._spawn(self._probe_until_closed())
+        if self.state != "ready" or closed == was_closed:
+            return  # a backend that is down is out of the lists already
+        if closed:
+            log.warning("backend %s: circuit breaker closed, its tools are back", self.name)
+            self._events.backend_changed(self)
+        else:
+            self._events.backend_down(self, "its circuit breaker opened after repeated failures")
+
+    async def _probe_until_closed(self) -> None:
+        assert self.breaker is not None  # noqa: S101 - only called when there is a breaker
+
+        def usable() -> bool | None:
+            if self.state == "ready":
+                return True
+            return False if self.restarter is not None and self.restarter.pending else None
+
+        timeout = min(self.config.timeout_seconds, _PROBE_TIMEOUT_SECONDS)
+        await probe_until_closed(
+            self.breaker, lambda: self._catalog().request("ping", {}, timeout=timeout), usable
+        )
 
     def _only_caller(self) -> str | None:
         return next(iter(self._inflight)) if len(self._inflight) == 1 else None

@@ -60,6 +60,8 @@ class ListenConfig(_Strict):
     max_sessions: int = Field(10_000, ge=1)
     # SSE events kept per HTTP session for resumption with Last-Event-ID.
     event_store_size: int = Field(1000, ge=0)
+    # On SIGTERM: how long calls already in flight may take to finish before client sockets close.
+    drain_seconds: float = Field(10.0, ge=0)
 
 
 class NamespacingConfig(_Strict):
@@ -101,6 +103,34 @@ class Secret(str):
 SECRET_MASK = "**********"  # noqa: S105 - what is shown instead of a secret, not a password
 
 
+class RetryConfig(_Strict):
+    """Retries of requests that are safe to repeat (reads, lists, idempotent tools), after a transport
+    failure or timeout only; ``attempts: 1`` turns them off."""
+
+    attempts: int = Field(3, ge=1, le=10)
+    initial_backoff_seconds: float = Field(0.1, gt=0)
+    max_backoff_seconds: float = Field(2.0, gt=0)
+    # Retries never add more than this share of extra load on the backend (a token bucket).
+    budget_ratio: float = Field(0.2, ge=0, le=1)
+
+
+class BreakerConfig(_Strict):
+    """The circuit breaker: ``failures`` consecutive transport failures or timeouts open it; after
+    ``reset_seconds`` one probe call decides whether it closes again."""
+
+    enabled: bool = True
+    failures: int = Field(5, ge=1)
+    reset_seconds: float = Field(30.0, gt=0)
+
+
+class RestartConfig(_Strict):
+    """Restarting a stdio backend whose process exited, backing off exponentially on repeated crashes."""
+
+    enabled: bool = True
+    initial_backoff_seconds: float = Field(1.0, gt=0)
+    max_backoff_seconds: float = Field(30.0, gt=0)
+
+
 class _BackendBase(_Strict):
     session: Literal["shared", "per-client"] = "shared"
     # Which era of MCP to speak to the backend. ``auto`` asks the backend (``server/discover``, falling
@@ -111,6 +141,10 @@ class _BackendBase(_Strict):
     # The largest message accepted from this backend; a bigger one is dropped whole, never truncated.
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     disabled: bool = False
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    # Only stdio backends are restarted for now; a remote backend that goes away stays down.
+    restart: RestartConfig = RestartConfig()
 
 
 class StdioBackendConfig(_BackendBase):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy import eras, jsonrpc
-from proxy.chain import Context, Route
+from proxy.chain import Context, Route, safe_to_repeat
 from proxy.errors import InvalidParams, PorticoError
 from proxy.input_bridge import RESUMABLE_METHODS
 from proxy.jsonrpc import Message
@@ -67,14 +67,16 @@ class Forwarder:
         backend = self.gateway.backends[route.backend]
         own_params = _with_own_name(ctx.method, params, route)
         timeout = ctx.remaining()
+        # Only what is safe to send twice may be retried after a link failure; the rest at most once.
+        retryable = safe_to_repeat(ctx.method, route)
         if ctx.method == "resources/subscribe":
             reply = await backend.subscribe(session, route.name, timeout)
         elif ctx.method == "resources/unsubscribe":
             reply = await backend.unsubscribe(session, route.name, timeout)
         elif ctx.method in RESUMABLE_METHODS and self._bridges_input(ctx, backend):
-            reply = await self._call_with_input_bridge(ctx, session, backend, own_params, timeout)
+            reply = await self._call_with_input_bridge(ctx, session, backend, own_params, timeout, retryable)
         else:
-            reply = await backend.call(session, ctx.method, own_params, timeout)
+            reply = await backend.call(session, ctx.method, own_params, timeout, retryable=retryable)
         if "result" in reply and isinstance(reply["result"], dict):
             return jsonrpc.result(message["id"], self._expose_result(ctx.method, route, reply["result"]))
         return {**reply, "id": message["id"], "jsonrpc": "2.0"}
@@ -85,7 +87,13 @@ class Forwarder:
         return ctx.protocol_version in eras.MODERN_VERSIONS and not backend.modern
 
     async def _call_with_input_bridge(
-        self, ctx: Context, session: Session, backend: Backend, params: dict[str, Any], timeout: float
+        self,
+        ctx: Context,
+        session: Session,
+        backend: Backend,
+        params: dict[str, Any],
+        timeout: float,
+        retryable: bool,
     ) -> Message:
         inputs = self.gateway.inputs
         state = params.get("requestState")
@@ -94,7 +102,11 @@ class Forwarder:
                 raise InvalidParams("Invalid params: requestState was not issued by this gateway")
             return await inputs.resume(ctx, state, params)
         params = {key: value for key, value in params.items() if key not in eras.RETRY_KEYS}
-        return await inputs.call(ctx, session, lambda: backend.call(session, ctx.method, params, timeout))
+        return await inputs.call(
+            ctx,
+            session,
+            lambda: backend.call(session, ctx.method, params, timeout, retryable=retryable),
+        )
 
     def _expose_result(self, method: str, route: Route, result: dict[str, Any]) -> dict[str, Any]:
         # URIs a backend puts in results must work through the gateway, so they get the exposed form.
