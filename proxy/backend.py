@@ -302,9 +302,11 @@ class Backend:
                 return reply
             return await self._bridge_input_requests(session, link, method, params, reply, deadline)
         finally:
-            self._inflight[session.id] -= 1
-            if not self._inflight[session.id]:
-                del self._inflight[session.id]
+            # The session may have been forgotten meanwhile (a call shared by several clients outlives
+            # the one that started it): never leave a count at zero or below behind.
+            left = self._inflight.pop(session.id, 0) - 1
+            if left > 0:
+                self._inflight[session.id] = left
             if progress_id is not None:
                 self._progress.pop(progress_id, None)
 
@@ -541,8 +543,8 @@ class Backend:
             uri = params.get("uri")
             subscribers = self._subscribers.get(uri, set()) if isinstance(uri, str) else set()
             targets = [s for s in subscribers if link.owner in (None, s)]
-            if targets:
-                self._events.deliver_notification(self, targets, message)
+            # Delivered even to no one: what the gateway keeps of the resource (a cache) must hear it.
+            self._events.deliver_notification(self, targets, message)
         elif method == "notifications/cancelled":
             # The backend gave up on a request it sent: stop relaying it (the client is told).
             relay = self._relays.get((id(link), params.get("requestId")))

@@ -142,6 +142,10 @@ async def test_closing_the_leaders_connection_leaves_the_followers_answered(
     counted = await stats(follower)
     assert counted["tool:slow_lookup"] == 1
     assert "method:notifications/cancelled" not in counted
+    # The call outlived the session that started it; the backend's count of calls per session (which
+    # decides where its own requests go) keeps nothing of that session.
+    await until(lambda: all(n > 0 for n in gw.gateway.backends["c"]._inflight.values()))
+    assert len(gw.gateway.backends["c"]._inflight) == 0
 
 
 async def test_when_every_caller_has_gone_the_backend_call_is_cancelled(start_gateway: StartGateway) -> None:
