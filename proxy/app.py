@@ -37,6 +37,16 @@ async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def drain_calls(app: web.Application) -> None:
+    """On shutdown, let the client calls in flight finish, for at most ``listen.drain_seconds``."""
+    gateway = app[GATEWAY]
+    await gateway.drain(gateway.config.listen.drain_seconds)
+
+
+async def end_http_sessions(app: web.Application) -> None:
+    await app[HTTP_SESSIONS].stop()
+
+
 def build_app(gateway: Gateway) -> web.Application:
     server_log = logging.getLogger("aiohttp.server")
     if _QUIET not in server_log.filters:
@@ -45,7 +55,13 @@ def build_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[OPEN_SOCKETS] = weakref.WeakSet()
     app[HTTP_SESSIONS] = HttpSessions(gateway)
+    # Shutdown runs once the listener is closed (no new connections): first the calls in flight may
+    # finish (up to listen.drain_seconds), and only then do the sockets close with 1001, since closing
+    # a socket ends its session and cancels its calls.
+    app.on_shutdown.append(drain_calls)
     app.on_shutdown.append(close_open_sockets)
+    # Streamable HTTP sessions end too, so their open GET streams do not hold the shutdown up.
+    app.on_shutdown.append(end_http_sessions)
     # One endpoint for every transport: GET with Upgrade is the WebSocket, the rest Streamable HTTP.
     # Each virtual server has an endpoint of its own, the same in every way but what it offers.
     for path in ("/mcp", "/servers/{server}/mcp"):

@@ -161,7 +161,12 @@ async def _serve(gateway: Gateway) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        # cleanup() closes the listener first, then runs the app's on_shutdown: the drain of the calls
+        # in flight (listen.drain_seconds), the 1001 close of every WebSocket, then the backends stop.
+        log.info(
+            "shutting down: no new connections; calls in flight have %.0f s to finish",
+            listen.drain_seconds,
+        )
         await runner.cleanup()
 
 

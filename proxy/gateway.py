@@ -133,7 +133,23 @@ class Gateway:
             len(backend.lists.resourceTemplates),
         )
 
+    async def drain(self, seconds: float) -> bool:
+        """Let the client calls in flight now finish, for at most ``seconds``; True if they all did.
+
+        Only the calls already running count: one that arrives while draining does not prolong it (it is
+        cancelled with its session when the sockets close). Nothing is cancelled here.
+        """
+        calls = [task for session in self.sessions.values() for task in session.calls_in_flight()]
+        if not calls:
+            return True
+        log.info("draining %d call(s) in flight, for at most %.1f s", len(calls), seconds)
+        _, pending = await asyncio.wait(calls, timeout=seconds)
+        if pending:
+            log.warning("%d call(s) still in flight after %.1f s: cutting them off", len(pending), seconds)
+        return not pending
+
     async def stop(self) -> None:
+        """End every session (cancelling what is left of their calls), then stop every backend."""
         await self.listens.shut_down()
         for session in list(self.sessions.values()):
             self.end_session(session)

@@ -246,6 +246,10 @@ class Session:
             result["instructions"] = instructions
         return result
 
+    def calls_in_flight(self) -> list[asyncio.Task[Any]]:
+        """The tasks of the client's requests still running (each ends once its reply is sent)."""
+        return list(self._inflight.values())
+
     def cancel(self, request_id: object) -> None:
         """The client cancelled one of its requests: stop it here and upstream; no reply follows."""
         task = self._inflight.get(request_id) if jsonrpc.is_valid_id(request_id) else None
