@@ -218,7 +218,10 @@ POLICY_VERSION: Key[int] = Key("policy.version")
 
 
 class Plugin(Protocol):
-    """One layer of the chain. See the module docstring for what it may do."""
+    """One layer of the chain. See the module docstring for what it may do.
+
+    A plugin holding connections or files may also define ``close()`` (sync or async): the gateway
+    calls it once when it stops."""
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -155,8 +156,22 @@ class Gateway:
             self.end_session(session)
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
+        await self._close_plugins()
         if self._http is not None:
             await self._http.close()
+
+    async def _close_plugins(self) -> None:
+        """Plugins that hold connections or files (Redis, SQLite) release them: ``close()``, sync or async."""
+        for named in self.plugins:
+            close = getattr(named.plugin, "close", None)
+            if not callable(close):
+                continue
+            try:
+                outcome = close()
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("plugin %s failed to close", named.name)
 
     # -- sessions ---------------------------------------------------------------------------------------
 

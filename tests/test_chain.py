@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from proxy import config
 from proxy.chain import Chain, Context, Direction, Handler, Key, NamedPlugin, Route
 from proxy.errors import InvalidParams, Rejection
+from proxy.gateway import Gateway
 from proxy.jsonrpc import Message
 from tests.conftest import StartGateway, everything
 from tests.fake_session import FakeSession
@@ -378,3 +380,29 @@ async def test_a_real_gateway_runs_requests_and_notifications_through_the_chain(
         seconds = [i for i, t in enumerate(trail) if t == f"second {direction} {method}"]
         assert firsts and len(firsts) == len(seconds)
         assert all(f < s for f, s in zip(firsts, seconds, strict=True))
+
+
+async def test_the_gateway_closes_plugins_that_hold_resources_when_it_stops() -> None:
+    closed: list[str] = []
+
+    class AsyncHolder:
+        async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
+            return await call_next(ctx, message)
+
+        async def close(self) -> None:
+            closed.append("async")
+
+    class SyncHolder(AsyncHolder):
+        def close(self) -> None:  # type: ignore[override]
+            closed.append("sync")
+
+    class Broken(AsyncHolder):
+        async def close(self) -> None:
+            raise RuntimeError("cannot close")
+
+    plugins = [NamedPlugin("a", AsyncHolder()), NamedPlugin("b", Broken()), NamedPlugin("s", SyncHolder())]
+    gateway = Gateway(config.parse("{}"), plugins)
+    await gateway.start()
+    await gateway.stop()
+    # One plugin failing to close does not keep the others open.
+    assert closed == ["async", "sync"]

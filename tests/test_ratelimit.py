@@ -301,8 +301,8 @@ async def test_two_gateways_share_one_limit_through_redis(
         await lookup(await as_principal(second, "bob"))
         assert len(calls_reaching(tmp_path / "one.jsonl")) + len(calls_reaching(tmp_path / "two.jsonl")) == 4
     finally:
-        await rate_limit_of(first).aclose()
-        await rate_limit_of(second).aclose()
+        await rate_limit_of(first).close()
+        await rate_limit_of(second).close()
 
 
 async def test_concurrent_calls_on_two_gateways_never_overdraw_a_redis_bucket(
@@ -321,7 +321,7 @@ async def test_concurrent_calls_on_two_gateways_never_overdraw_a_redis_bucket(
         assert reached == 5
     finally:
         for gw in gateways:
-            await rate_limit_of(gw).aclose()
+            await rate_limit_of(gw).close()
 
 
 async def test_when_redis_fails_the_default_deny_refuses(start_gateway: StartGateway, tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ async def test_when_redis_fails_the_default_deny_refuses(start_gateway: StartGat
         assert calls_reaching(record) == ["lookup"]
         assert rate_limit_of(gw).counts() == {"allowed": 1, "limited": 1, "store_errors": 1}
     finally:
-        await rate_limit_of(gw).aclose()
+        await rate_limit_of(gw).close()
 
 
 async def test_when_redis_fails_allow_lets_requests_through(
@@ -361,4 +361,4 @@ async def test_when_redis_fails_allow_lets_requests_through(
         assert calls_reaching(record) == ["lookup"] * 3
         assert rate_limit_of(gw).counts() == {"allowed": 3, "limited": 0, "store_errors": 3}
     finally:
-        await rate_limit_of(gw).aclose()
+        await rate_limit_of(gw).close()

@@ -53,8 +53,9 @@ class RateLimit:
         failures (whatever ``on_redis_error`` then decided)."""
         return {"allowed": self._allowed, "limited": self._limited, "store_errors": self._store_errors}
 
-    async def aclose(self) -> None:
-        """Close the Redis connections, if any (in-memory buckets need nothing)."""
+    async def close(self) -> None:
+        """Close the Redis connections, if any (in-memory buckets need nothing); the gateway calls it
+        when it stops."""
         if isinstance(self.store, RedisBuckets):
             await self.store.aclose()
 
