@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import eras, jsonrpc
 from proxy.chain import Context, Route, safe_to_repeat
-from proxy.errors import InvalidParams, PorticoError
+from proxy.errors import BackendUnavailable, InvalidParams, PorticoError
 from proxy.input_bridge import RESUMABLE_METHODS
 from proxy.jsonrpc import Message
 from proxy.router import Catalog
@@ -61,6 +61,13 @@ class Forwarder:
         self, ctx: Context, session: Session, message: Message, params: dict[str, Any]
     ) -> Message:
         route = ctx.route
+        if route is None:
+            gone = self.gateway.withdrawn_route(ctx.method, params)
+            if gone is not None and ctx.allows(gone):
+                # The backend's failure, never the client's: the name is right, its backend is away.
+                raise BackendUnavailable(
+                    f"Backend {gone.backend!r} is unavailable right now (down or recovering); try again later"
+                )
         # What a restricted client may not reach does not exist for it, exactly like a name never listed.
         if route is None or not ctx.allows(route):
             raise _unknown_target(ctx.method, params)

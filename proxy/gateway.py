@@ -92,6 +92,9 @@ class Gateway:
             state.secret.encode() if state.secret else None, state.ttl_seconds, self.end_session
         )
         self._http: aiohttp.ClientSession | None = None
+        # The catalog as it was before each withdrawn backend left it, so that a call to one of its
+        # names is answered as the backend's failure (-32050), not as the client's unknown name.
+        self._before_withdrawal: dict[str, Catalog] = {}
         self._version = 0
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -225,6 +228,15 @@ class Gateway:
 
     def resolve(self, method: str, params: dict[str, Any]) -> Route | None:
         return self.forwarder.resolve(self.catalog, method, params)
+
+    def withdrawn_route(self, method: str, params: dict[str, Any]) -> Route | None:
+        """Where a request would have gone before its backend was withdrawn (down, restarting, breaker
+        open), or None if the name was never a withdrawn backend's."""
+        for backend, before in self._before_withdrawal.items():
+            route = self.forwarder.resolve(before, method, params)
+            if route is not None and route.backend == backend:
+                return route
+        return None
 
     def capabilities(self) -> dict[str, Any]:
         """The union of what the live backends offer; lists can change, so listChanged is always on."""
@@ -385,6 +397,8 @@ class Gateway:
                 session.post(self.context(session, message, Direction.TO_CLIENT, route), message)
 
     def backend_changed(self, backend: Backend) -> None:
+        if backend.ready:
+            self._before_withdrawal.pop(backend.name, None)
         self._observe(backend, "lists_changed", {})
         self._rebuild_and_announce()
 
@@ -392,6 +406,7 @@ class Gateway:
         log.error(
             "backend %s is down: %s; its tools are withdrawn, the others keep serving", backend.name, reason
         )
+        self._before_withdrawal.setdefault(backend.name, self.catalog)
         self._observe(backend, "down", {})
         self._rebuild_and_announce()
 
