@@ -16,6 +16,8 @@ import jwt
 import pytest
 import yaml
 
+from proxy import config
+from proxy.plugin_loader import build_plugins
 from tests.conftest import StartGateway
 from tests.rawclient import RawClient, RpcError
 
@@ -119,3 +121,22 @@ def test_portico_policy_check_reads_the_same_example(example_dir: Path) -> None:
         check=False,
     )
     assert denied.returncode == 1 and denied.stdout.startswith("deny"), denied.stdout + denied.stderr
+
+
+def test_the_traffic_section_examples_are_valid_configs(example_dir: Path) -> None:
+    """The README's traffic and resilience examples (the plugin chain, a backend's resilience settings)
+    load and build exactly as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("\n## Traffic and resilience\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```$", section, flags=re.M | re.S)]
+    assert [sorted(b) for b in blocks] == [["plugins"], ["mcpServers"]]
+    cfg = config.parse(yaml.safe_dump({**blocks[0], **blocks[1]}))
+    names = [p.name for p in build_plugins(cfg)]
+    assert names == ["auth", "policy", "ratelimit", "redact", "cache", "dedup"]
+    weather = cfg.mcpServers["weather"]
+    assert (weather.retry.attempts, weather.breaker.failures, weather.restart.max_backoff_seconds) == (
+        3,
+        5,
+        30,
+    )
