@@ -20,7 +20,6 @@ from proxy.chain import (
     POLICY_VERSION,
     Chain,
     Context,
-    Credentials,
     Direction,
     Handler,
     NamedPlugin,
@@ -30,25 +29,9 @@ from proxy.chain import (
 from proxy.jsonrpc import Message
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.fake_session import FakeSession
+from tests.header_auth import HEADER_AUTH
 from tests.rawclient import RawClient
 from tests.redis_server import RedisServer
-
-# -- a tiny authenticator, so two principals can be told apart -----------------------------------------------
-
-
-class HeaderAuth:
-    """Test-only: ``Authorization: Bearer <name>`` makes the principal <name>; nothing is verified."""
-
-    async def authenticate(self, credentials: Credentials) -> Principal:
-        name = (credentials.authorization or "Bearer anonymous").removeprefix("Bearer ")
-        return Principal(subject=name, kind="test")
-
-    def protected_resource(self, path: str, url: str) -> dict[str, Any]:
-        return {"resource": url}
-
-    async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
-        return await call_next(ctx, message)
-
 
 # -- the gateway-level tests, run against both stores --------------------------------------------------------
 
@@ -67,7 +50,7 @@ async def cached_gateway(start_gateway: StartGateway, **options: Any) -> Running
     return await start_gateway(
         {
             "mcpServers": {"c": fixture_server("counting_server.py")},
-            "plugins": [{"name": "tests.test_cache:HeaderAuth"}, {"name": "cache", "options": options}],
+            "plugins": [HEADER_AUTH, {"name": "cache", "options": options}],
         }
     )
 

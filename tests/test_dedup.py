@@ -19,36 +19,19 @@ from proxy.chain import (
     POLICY_VERSION,
     Chain,
     Context,
-    Credentials,
     Direction,
-    Handler,
     NamedPlugin,
     Principal,
     Route,
 )
-from proxy.errors import BackendTimeout, Unauthenticated
+from proxy.errors import BackendTimeout
 from proxy.jsonrpc import Message
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.fake_session import FakeSession
+from tests.header_auth import HEADER_AUTH
 from tests.rawclient import RawClient
 
 SLOW = {"name": "c_slow_lookup", "arguments": {"key": "k", "seconds": 0.5}}
-
-
-class HeaderAuth:
-    """A test authenticator: ``Authorization: Bearer <name>`` is the principal ``<name>``."""
-
-    async def authenticate(self, credentials: Credentials) -> Principal:
-        name = (credentials.authorization or "").removeprefix("Bearer ").strip()
-        if not name:
-            raise Unauthenticated("no token", error=None)
-        return Principal(subject=name, credential=f"token-of-{name}", kind="test")
-
-    def protected_resource(self, path: str, url: str) -> dict[str, Any]:
-        return {"resource": url, "authorization_servers": []}
-
-    async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
-        return await call_next(ctx, message)
 
 
 async def gateway(
@@ -56,7 +39,7 @@ async def gateway(
 ) -> tuple[RunningGateway, Dedup]:
     plugins: list[dict[str, Any]] = [{"name": "dedup", "options": options}]
     if authenticated:
-        plugins.insert(0, {"name": "tests.test_dedup:HeaderAuth"})
+        plugins.insert(0, HEADER_AUTH)
     gw = await start_gateway({"mcpServers": {"c": fixture_server("counting_server.py")}, "plugins": plugins})
     dedup = next(p.plugin for p in gw.gateway.plugins if p.name == "dedup")
     assert isinstance(dedup, Dedup)

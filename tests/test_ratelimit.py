@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from plugins.ratelimit import Draw, MemoryBuckets, RateLimit, RateLimitOptions
-from proxy.chain import ANONYMOUS, Credentials, Handler, Principal, Route
+from proxy.chain import ANONYMOUS, Principal, Route
 from proxy.errors import ConfigError
-from proxy.jsonrpc import Message
 from tests.conftest import RunningGateway, StartGateway, fixture_server
+from tests.header_auth import HEADER_AUTH
 from tests.rawclient import RawClient, RpcError
 from tests.redis_server import RedisServer, free_port
 from tests.test_http_transport import endpoint, tool_call
@@ -32,21 +32,7 @@ class Clock:
         return self.now
 
 
-class BearerIsSubject:
-    """A test authenticator: the bearer token is the subject, so tests can be several principals."""
-
-    async def authenticate(self, credentials: Credentials) -> Principal:
-        token = (credentials.authorization or "").removeprefix("Bearer ").strip()
-        return Principal(subject=token, kind="test") if token else ANONYMOUS
-
-    def protected_resource(self, path: str, url: str) -> dict[str, Any]:
-        return {"resource": url}
-
-    async def __call__(self, ctx: Any, message: Message, call_next: Handler) -> Message | None:
-        return await call_next(ctx, message)
-
-
-AUTH = {"name": "tests.test_ratelimit:BearerIsSubject"}
+AUTH = HEADER_AUTH
 
 
 def route(tool: str, backend: str = "c") -> Route:
