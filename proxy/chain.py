@@ -215,6 +215,11 @@ Handler = Callable[[Context, Message], Awaitable[Message | None]]
 # The version of the access policy that decided a request, set by the policy plugin: whatever keeps an
 # answer for later (a cache) keys it on this, so a policy change never serves a stale allow.
 POLICY_VERSION: Key[int] = Key("policy.version")
+# How the policy decided a routed request: "allow by: <rule>", "deny by: <rule>" or "deny: no rule
+# matched" (for audit records; set by the policy plugin).
+POLICY_DECISION: Key[str] = Key("policy.decision")
+# Redactions made in one request and its reply, per detector (counts only, never values; set by redact).
+REDACTIONS: Key[dict[str, int]] = Key("redact.counts")
 
 
 class Plugin(Protocol):

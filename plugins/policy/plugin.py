@@ -40,7 +40,16 @@ from pydantic import Field
 
 from plugins.policy.engine import PolicyEngine
 from plugins.policy.loader import LoadedPolicy, PolicyFileError, Stamps, stamp
-from proxy.chain import POLICY_VERSION, USE_ACTIONS, Context, Direction, Handler, Principal, Route
+from proxy.chain import (
+    POLICY_DECISION,
+    POLICY_VERSION,
+    USE_ACTIONS,
+    Context,
+    Direction,
+    Handler,
+    Principal,
+    Route,
+)
 from proxy.errors import AccessDenied
 from proxy.jsonrpc import Message
 
@@ -87,13 +96,11 @@ class Policy:
             ctx.restrict(lambda target: self.may_use(principal, target))
             return
         decision = self.engine.decide(principal, route.object, ctx.method)
+        explanation = decision.explain()
+        ctx.set(POLICY_DECISION, explanation)
         if not decision.allowed:
             log.info(
-                "policy: %r may not %s %r (%s)",
-                principal.subject,
-                ctx.method,
-                route.object,
-                decision.explain(),
+                "policy: %r may not %s %r (%s)", principal.subject, ctx.method, route.object, explanation
             )
             raise AccessDenied(f"Access denied: {principal.subject!r} may not {ctx.method} {route.object!r}")
 

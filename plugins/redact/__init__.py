@@ -14,14 +14,15 @@ Options (see ``RedactOptions``): ``secrets_action`` and ``personal_action`` (def
 ``regex``, ``action``), ``hash_key``, ``timeout_seconds`` (default 1.0) and ``thread_above_bytes``
 (default 65536). Redaction fails closed: an error or a blown time budget blocks the message.
 
-The counts per detector are on the context under ``REDACTIONS`` and in ``Redact.counts()``.
+The counts per detector are on the context under ``proxy.chain.REDACTIONS`` and in ``Redact.counts()``.
 """
 
 from __future__ import annotations
 
 from plugins.redact.detectors import BUILTIN_NAMES
-from plugins.redact.layer import REDACTIONS, Redact, RedactionBlocked
+from plugins.redact.layer import Redact, RedactionBlocked
 from plugins.redact.options import Action, CustomPattern, RedactOptions
+from proxy.chain import REDACTIONS
 
 __all__ = [
     "BUILTIN_NAMES",

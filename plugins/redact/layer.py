@@ -13,7 +13,7 @@ from plugins.redact.detectors import BUILTIN, Detector
 from plugins.redact.options import RedactOptions
 from plugins.redact.redactor import Blocked, Redactor
 from proxy import jsonrpc
-from proxy.chain import Context, Handler, Key
+from proxy.chain import REDACTIONS, Context, Handler
 from proxy.errors import ErrorCode, Rejection
 from proxy.jsonrpc import Message
 
@@ -25,7 +25,6 @@ _PROCESS_HASH_KEY = secrets.token_bytes(32)
 
 # This message's replacements per detector (the request's and its reply's together), for a log or
 # metrics plugin further out in the chain. Names and counts only, never a value.
-REDACTIONS: Key[dict[str, int]] = Key("redact.counts")
 
 
 class RedactionBlocked(Rejection):
