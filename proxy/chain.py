@@ -220,6 +220,9 @@ POLICY_VERSION: Key[int] = Key("policy.version")
 POLICY_DECISION: Key[str] = Key("policy.decision")
 # Redactions made in one request and its reply, per detector (counts only, never values; set by redact).
 REDACTIONS: Key[dict[str, int]] = Key("redact.counts")
+# The request as the redact plugin passed it on (redacted): what an audit record may show of the
+# arguments. Absent when no redaction ran, and then no arguments may be shown.
+REDACTED_REQUEST: Key[dict[str, Any]] = Key("redact.request")
 
 
 class Plugin(Protocol):
