@@ -11,6 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.gateway import Gateway
+from proxy.metrics import CONTENT_TYPE, metrics_of
 from proxy.transports import legacy_sse
 from proxy.transports.app_keys import GATEWAY
 from proxy.transports.authentication import WELL_KNOWN, handle_protected_resource
@@ -35,6 +36,37 @@ _QUIET = QuietBadRequests()
 
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """200 once at least ``listen.min_ready_backends`` backends are ready, else 503 naming those that
+    are not (a load balancer sends traffic only to a gateway that can serve it)."""
+    gateway = request.app[GATEWAY]
+    ready, not_ready = readiness(gateway)
+    needed = gateway.config.listen.min_ready_backends
+    body = {
+        "status": "ready" if len(ready) >= needed else "not ready",
+        "min_ready_backends": needed,
+        "ready": ready,
+        "not_ready": not_ready,
+    }
+    return web.json_response(body, status=200 if len(ready) >= needed else 503)
+
+
+def readiness(gateway: Gateway) -> tuple[list[str], list[str]]:
+    """The enabled backends that are ready, and those that are not (not yet started, down, recovering)."""
+    ready: list[str] = []
+    not_ready: list[str] = []
+    for name in gateway.config.enabled_backends():
+        backend = gateway.backends.get(name)
+        (ready if backend is not None and backend.ready else not_ready).append(name)
+    return ready, not_ready
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = metrics_of(request.app[GATEWAY]).exposition()
+    # CONTENT_TYPE carries its own charset parameter, which aiohttp accepts only in the raw header.
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def drain_calls(app: web.Application) -> None:
@@ -76,6 +108,8 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/sse", legacy_sse.handle_stream, allow_head=False)
     app.router.add_post(legacy_sse.MESSAGES_PATH, legacy_sse.handle_message)
     app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()

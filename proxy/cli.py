@@ -1,4 +1,4 @@
-"""The ``portico`` command: ``serve``, ``check``, ``token``, ``policy`` and ``--version``."""
+"""The ``portico`` command: ``serve``, ``check``, ``status``, ``token``, ``policy`` and ``--version``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from proxy.app import build_app
 from proxy.errors import ConfigError
 from proxy.gateway import Gateway
 from proxy.plugin_loader import build_plugins, plugin_options
+from proxy.status import UNREACHABLE, run_status
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "portico.yaml"
 log = logging.getLogger("portico")
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "status":
+        return _status_command(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -57,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    code, text = run_status(args.url, args.timeout)
+    print(text, file=sys.stderr if code == UNREACHABLE else sys.stdout)
+    return code
 
 
 def _plugin_command(args: argparse.Namespace) -> int:
@@ -97,9 +106,24 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--port", type=int, help="port to listen on, 0 for any free one (overrides listen.port)"
             )
+    status = commands.add_parser(
+        "status", help="ask a running gateway: backends up or down, tools, sessions (exit 1: not ready)"
+    )
+    status.add_argument("--url", required=True, help="the gateway's base URL, http://HOST:PORT")
+    status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for each answer")
     add_token_commands(commands, parents=[common])
     add_policy_commands(commands, parents=[common])
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _describe(cfg: config.GatewayConfig, plugin_names: list[str]) -> str:

@@ -62,6 +62,8 @@ class ListenConfig(_Strict):
     event_store_size: int = Field(1000, ge=0)
     # On SIGTERM: how long calls already in flight may take to finish before client sockets close.
     drain_seconds: float = Field(10.0, ge=0)
+    # /readyz answers 200 only when at least this many backends are ready (0: whenever the config loaded).
+    min_ready_backends: int = Field(1, ge=0)
 
 
 class NamespacingConfig(_Strict):

@@ -6,6 +6,7 @@ must see its own (``get_weather``, ``notes://a``). Both directions are table loo
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from proxy import eras, jsonrpc
@@ -13,6 +14,7 @@ from proxy.chain import Context, Route, safe_to_repeat
 from proxy.errors import BackendUnavailable, InvalidParams, PorticoError
 from proxy.input_bridge import RESUMABLE_METHODS
 from proxy.jsonrpc import Message
+from proxy.metrics import metrics_of
 from proxy.router import Catalog
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ class Forwarder:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._metrics = metrics_of(gateway)
 
     def resolve(self, catalog: Catalog, method: str, params: dict[str, Any]) -> Route | None:
         if method == "tools/call":
@@ -76,14 +79,21 @@ class Forwarder:
         timeout = ctx.remaining()
         # Only what is safe to send twice may be retried after a link failure; the rest at most once.
         retryable = safe_to_repeat(ctx.method, route)
-        if ctx.method == "resources/subscribe":
-            reply = await backend.subscribe(session, route.name, timeout)
-        elif ctx.method == "resources/unsubscribe":
-            reply = await backend.unsubscribe(session, route.name, timeout)
-        elif ctx.method in RESUMABLE_METHODS and self._bridges_input(ctx, backend):
-            reply = await self._call_with_input_bridge(ctx, session, backend, own_params, timeout, retryable)
-        else:
-            reply = await backend.call(session, ctx.method, own_params, timeout, retryable=retryable)
+        started = time.perf_counter()
+        try:
+            if ctx.method == "resources/subscribe":
+                reply = await backend.subscribe(session, route.name, timeout)
+            elif ctx.method == "resources/unsubscribe":
+                reply = await backend.unsubscribe(session, route.name, timeout)
+            elif ctx.method in RESUMABLE_METHODS and self._bridges_input(ctx, backend):
+                reply = await self._call_with_input_bridge(
+                    ctx, session, backend, own_params, timeout, retryable
+                )
+            else:
+                reply = await backend.call(session, ctx.method, own_params, timeout, retryable=retryable)
+        finally:
+            # Failed and cancelled calls took the backend's time too.
+            self._metrics.backend_done(route.backend, ctx.method, time.perf_counter() - started)
         if "result" in reply and isinstance(reply["result"], dict):
             return jsonrpc.result(message["id"], self._expose_result(ctx.method, route, reply["result"]))
         return {**reply, "id": message["id"], "jsonrpc": "2.0"}

@@ -22,6 +22,7 @@ from proxy import eras, jsonrpc
 from proxy.chain import ANONYMOUS, Context, Direction, Principal
 from proxy.errors import InvalidRequest, MethodNotFound, PorticoError
 from proxy.jsonrpc import Kind, Message, RequestId
+from proxy.metrics import metrics_of
 
 if TYPE_CHECKING:
     from proxy.gateway import Gateway
@@ -100,6 +101,9 @@ class Session:
         self._ask_ids = itertools.count(1)
         self._outbox: asyncio.Queue[tuple[Context, Message]] = asyncio.Queue()
         self._courier: asyncio.Task[None] | None = None
+        self._metrics = metrics_of(gateway)
+        # Whether a modern-era request has been answered (for the sessions metric's ``era`` label).
+        self._modern = False
         gateway.register(self)
 
     # -- from the client ---------------------------------------------------------------------------------
@@ -198,7 +202,20 @@ class Session:
             return await self._answer_modern(message)
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
-        return await self.gateway.to_backend.dispatch(ctx, message)
+        return await self._dispatch_request(ctx, message)
+
+    async def _dispatch_request(self, ctx: Context, message: Message) -> Message | None:
+        """Run a client request through the chain, counted and timed for the metrics."""
+        started = time.perf_counter()
+        reply: Message | None = None
+        finished = False
+        try:
+            reply = await self.gateway.to_backend.dispatch(ctx, message)
+            finished = True
+            return reply
+        finally:
+            # The chain turns every Exception into a reply, so only cancellation leaves ``finished`` False.
+            self._metrics.request_done(ctx, reply, time.perf_counter() - started, cancelled=not finished)
 
     async def _answer_modern(self, message: Message) -> Message | None:
         """A 2026-07-28 request: its own ``_meta`` says who is asking; the result gets the modern fields."""
@@ -219,7 +236,8 @@ class Session:
         route = self.gateway.resolve(message["method"], params)
         ctx = self.gateway.context(self, message, Direction.TO_BACKEND, route)
         ctx.protocol_version = envelope.version
-        reply = await self.gateway.to_backend.dispatch(ctx, message)
+        self._modern = True
+        reply = await self._dispatch_request(ctx, message)
         if reply is not None and isinstance(reply.get("result"), dict):
             reply["result"] = eras.complete_result(message["method"], reply["result"], self.gateway.info)
         elif reply is not None and isinstance(reply.get("error"), dict):
@@ -245,6 +263,13 @@ class Session:
         if instructions:
             result["instructions"] = instructions
         return result
+
+    @property
+    def era(self) -> str:
+        """``legacy`` (the handshake was made), ``modern`` (stateless requests) or ``pending``."""
+        if self.protocol_version is not None:
+            return "legacy"
+        return "modern" if self._modern else "pending"
 
     def calls_in_flight(self) -> list[asyncio.Task[Any]]:
         """The tasks of the client's requests still running (each ends once its reply is sent)."""

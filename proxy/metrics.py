@@ -1,0 +1,313 @@
+"""Prometheus metrics of one gateway, served at ``GET /metrics``.
+
+Each gateway has its own ``CollectorRegistry`` (never the process-wide default: tests run many gateways in
+one process), found with ``metrics_of(gateway)``. Every name starts with ``portico_``; the list is stable:
+
+Counted on the request path (``Session`` around the chain, ``Forwarder`` around the backend):
+    portico_requests_total{backend,method,tool,outcome}   client requests answered
+    portico_request_seconds{backend,method}               histogram: the whole request inside the gateway
+    portico_backend_seconds{backend,method}               histogram: the time inside the backend's call;
+                                                          gateway overhead = request - backend
+    portico_policy_denials_total                          replies with error code -32063 (access denied)
+
+Read when Prometheus scrapes (nothing in backends or plugins changes for them):
+    portico_requests_in_flight                            client requests running now
+    portico_sessions{transport,era}                       open client sessions
+    portico_backend_up{backend}                           1 if the backend is ready (its tools offered)
+    portico_backend_tools{backend}                        tools the backend lists
+    portico_cache_events_total{event}                     cache plugin: hits, misses, stores, errors,
+                                                          evictions
+    portico_dedup_shared_total                            dedup plugin: calls answered by another's call
+    portico_ratelimit_limited_total                       ratelimit plugin: requests refused
+    portico_redactions_total{detector}                    redact plugin: replacements and blocks
+
+Label values are bounded, so a client cannot grow the series without end: ``backend`` is a configured
+backend ("" for what the gateway answers itself, and for names no backend has); ``method`` one of
+``METHODS`` or ``other``; ``tool`` (``tools/call`` only, else "") the backend's own tool name, ``unknown``
+for names not in the catalog and ``other`` past ``TOOL_LABEL_LIMIT`` distinct names per backend;
+``outcome`` ``ok``, ``tool_error`` (a result with ``isError``), ``error_<code>`` (JSON-RPC codes
+-32768..-32000, else ``error_other``), ``cancelled`` or ``no_reply``; ``era`` ``legacy`` (handshake made),
+``modern`` (stateless requests) or ``pending`` (nothing asked yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.chain import Context, Route
+from proxy.errors import ErrorCode
+from proxy.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from proxy.backend import Backend
+    from proxy.gateway import Gateway
+
+log = logging.getLogger("portico.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+TOOL_LABEL_LIMIT = 200
+UNKNOWN, OTHER = "unknown", "other"
+# The MCP methods a client may ask the gateway; anything else is counted as "other".
+METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "server/discover",
+        "subscriptions/listen",
+        "logging/setLevel",
+        "tools/list",
+        "tools/call",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+    }
+)
+# Gateway overhead is well under a millisecond and backends take up to the request deadline (60 s).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER
+
+
+def outcome_of(reply: Message | None) -> str:
+    """``ok``, ``tool_error``, ``error_<code>`` or ``no_reply`` (see the module docstring)."""
+    if reply is None:
+        return "no_reply"
+    error = reply.get("error")
+    if isinstance(error, dict):
+        code = error.get("code")
+        # Only the JSON-RPC reserved range keeps its code: a backend's own codes could be anything.
+        if isinstance(code, int) and -32768 <= code <= -32000:
+            return f"error_{code}"
+        return "error_other"
+    result = reply.get("result")
+    if isinstance(result, dict) and result.get("isError") is True:
+        return "tool_error"
+    return "ok"
+
+
+class ToolLabels:
+    """The ``tool`` label's values: at most ``limit`` distinct names per backend, then ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {}
+
+    def of(self, method: str, route: Route | None) -> str:
+        if method != "tools/call":
+            return ""
+        if route is None:
+            return UNKNOWN
+        seen = self._seen.setdefault(route.backend, set())
+        if route.name in seen:
+            return route.name
+        if len(seen) >= self.limit:
+            return OTHER
+        seen.add(route.name)
+        return route.name
+
+
+class GatewayMetrics:
+    """The metrics of one gateway: its registry, and the two calls the request path makes."""
+
+    def __init__(self, gateway: Gateway, tool_limit: int = TOOL_LABEL_LIMIT) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.tools = ToolLabels(tool_limit)
+        self._requests = Counter(
+            "portico_requests",
+            "Client requests answered, by backend, method, tool and outcome.",
+            ("backend", "method", "tool", "outcome"),
+            registry=self.registry,
+        )
+        self._request_seconds = Histogram(
+            "portico_request_seconds",
+            "Seconds a client request spent in the gateway, backend included.",
+            ("backend", "method"),
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self._backend_seconds = Histogram(
+            "portico_backend_seconds",
+            "Seconds spent inside the backend's call.",
+            ("backend", "method"),
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self._denials = Counter(
+            "portico_policy_denials", "Replies refused by the access policy (-32063).", registry=self.registry
+        )
+        self.registry.register(GatewayCollector(gateway))
+        # Labelled children, kept: ``labels()`` validates and locks on every call, a dict look-up does not.
+        self._counted: dict[tuple[str, str, str, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+        self._backend_timed: dict[tuple[str, str], Any] = {}
+
+    def request_done(self, ctx: Context, reply: Message | None, seconds: float, cancelled: bool) -> None:
+        """A client request's chain dispatch ended after ``seconds``."""
+        route = ctx.route
+        backend = route.backend if route is not None else ""
+        method = method_label(ctx.method)
+        outcome = "cancelled" if cancelled else outcome_of(reply)
+        key = (backend, method, self.tools.of(ctx.method, route), outcome)
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = self._requests.labels(*key)
+        counted.inc()
+        timed = self._timed.get((backend, method))
+        if timed is None:
+            timed = self._timed[(backend, method)] = self._request_seconds.labels(backend, method)
+        timed.observe(seconds)
+        if outcome == _DENIED:
+            self._denials.inc()
+
+    def backend_done(self, backend: str, method: str, seconds: float) -> None:
+        """A call to ``backend`` (from the forwarder) ended after ``seconds``."""
+        key = (backend, method_label(method))
+        timed = self._backend_timed.get(key)
+        if timed is None:
+            timed = self._backend_timed[key] = self._backend_seconds.labels(*key)
+        timed.observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition format (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+
+_DENIED = f"error_{ErrorCode.ACCESS_DENIED}"
+# One GatewayMetrics per gateway. Weak keys: a stopped gateway's metrics go with it (the collector holds
+# the gateway only weakly, so the entry does not keep its own key alive).
+_BY_GATEWAY: weakref.WeakKeyDictionary[Gateway, GatewayMetrics] = weakref.WeakKeyDictionary()
+
+
+def metrics_of(gateway: Gateway) -> GatewayMetrics:
+    """The metrics of ``gateway``, created on first use."""
+    metrics = _BY_GATEWAY.get(gateway)
+    if metrics is None:
+        metrics = _BY_GATEWAY[gateway] = GatewayMetrics(gateway)
+    return metrics
+
+
+# -- read at scrape time ------------------------------------------------------------------------------------
+
+BackendReading = Callable[["Backend"], float]
+# What is exposed of each backend, read when Prometheus scrapes. Breaker state and restart counts belong
+# here too, once backends offer a stable accessor for them (a (name, help, reading) row each).
+BACKEND_GAUGES: tuple[tuple[str, str, BackendReading], ...] = (
+    ("portico_backend_up", "1 if the backend is ready and its tools are offered, else 0.", lambda b: b.ready),
+    ("portico_backend_tools", "Tools the backend lists.", lambda b: len(b.lists.tools)),
+)
+
+
+class GatewayCollector(Collector):
+    """Reads the gateway's state when Prometheus scrapes: sessions, calls in flight, backends, plugins."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = weakref.ref(gateway)
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self._gateway()
+        if gateway is None:
+            return
+        yield from _session_families(gateway)
+        for name, text, reading in BACKEND_GAUGES:
+            family = GaugeMetricFamily(name, text, labels=("backend",))
+            for backend in gateway.backends.values():
+                family.add_metric((backend.name,), float(reading(backend)))
+            yield family
+        yield from plugin_families(named.plugin for named in gateway.plugins)
+
+
+def _session_families(gateway: Gateway) -> Iterator[Metric]:
+    sessions = list(gateway.sessions.values())
+    in_flight = GaugeMetricFamily("portico_requests_in_flight", "Client requests running now.")
+    in_flight.add_metric((), float(sum(len(s.calls_in_flight()) for s in sessions)))
+    yield in_flight
+    family = GaugeMetricFamily("portico_sessions", "Open client sessions.", labels=("transport", "era"))
+    for (transport, era), count in sorted(Tally((s.transport, s.era) for s in sessions).items()):
+        family.add_metric((transport, era), float(count))
+    yield family
+
+
+# -- the bundled plugins' own counters ----------------------------------------------------------------------
+
+
+def _cache_families(plugins: list[Any]) -> Iterator[Metric]:
+    family = CounterMetricFamily(
+        "portico_cache_events",
+        "Cache plugin events: hits, misses, stores, errors, evictions.",
+        labels=("event",),
+    )
+    for event, count in sorted(_summed(plugins, "counters").items()):
+        family.add_metric((event,), float(count))
+    yield family
+
+
+def _dedup_families(plugins: list[Any]) -> Iterator[Metric]:
+    shared = _summed(plugins, "counts").get("shared", 0)
+    yield CounterMetricFamily(
+        "portico_dedup_shared", "Requests answered by an identical call already running.", value=shared
+    )
+
+
+def _ratelimit_families(plugins: list[Any]) -> Iterator[Metric]:
+    limited = _summed(plugins, "counts").get("limited", 0)
+    yield CounterMetricFamily("portico_ratelimit_limited", "Requests refused by a rate limit.", value=limited)
+
+
+def _redact_families(plugins: list[Any]) -> Iterator[Metric]:
+    family = CounterMetricFamily(
+        "portico_redactions", "Values replaced (or blocked) by the redact plugin.", labels=("detector",)
+    )
+    for detector, count in sorted(_summed(plugins, "counts").items()):
+        family.add_metric((detector,), float(count))
+    yield family
+
+
+# The bundled plugins' packages, and how their counters become metrics. Matched by the class's module, so
+# the config may name a plugin any way it likes (``cache``, ``plugins.cache``, an entry point).
+PLUGIN_EXPORTS: dict[str, Callable[[list[Any]], Iterator[Metric]]] = {
+    "plugins.cache": _cache_families,
+    "plugins.dedup": _dedup_families,
+    "plugins.ratelimit": _ratelimit_families,
+    "plugins.redact": _redact_families,
+}
+
+
+def plugin_families(plugins: Iterable[object]) -> Iterator[Metric]:
+    """The metric families of the bundled plugins among ``plugins`` (several of one kind are summed)."""
+    found: dict[str, list[Any]] = {}
+    for plugin in plugins:
+        module = type(plugin).__module__
+        for package in PLUGIN_EXPORTS:
+            if module == package or module.startswith(package + "."):
+                found.setdefault(package, []).append(plugin)
+    for package, instances in found.items():
+        yield from PLUGIN_EXPORTS[package](instances)
+
+
+def _summed(plugins: list[Any], method: str) -> Tally[str]:
+    total: Tally[str] = Tally()
+    for plugin in plugins:
+        read = getattr(plugin, method, None)
+        if not callable(read):
+            continue
+        try:
+            total.update(read())
+        except Exception:
+            # A scrape must not fail for one plugin's bug; its counts are missing until it is fixed.
+            log.exception("plugin %s failed to report its counts", type(plugin).__name__)
+    return total
