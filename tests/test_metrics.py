@@ -19,7 +19,7 @@ from proxy.jsonrpc import Message
 from proxy.metrics import CONTENT_TYPE, metrics_of
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.test_backend_restart import pid_of
-from tests.test_health import eventually
+from tests.test_http_transport import eventually
 from tests.test_modern_era import meta
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
