@@ -65,12 +65,12 @@ async def test_a_killed_stdio_backend_is_restarted_and_its_tools_return(start_ga
     os.kill(old_pid, signal.SIGKILL)
     await list_changes(client, 1)
     assert not any(n.startswith("c_") for n in await tool_names(client))
-    # During the outage calls fail at once: the tool is out of the lists, and a call that still
-    # reaches the backend (one that raced the withdrawal) gets -32050.
+    # During the outage calls fail at once: the tool is out of the lists, and a call to it is the
+    # backend's failure (-32050), never the client's (-32602, unknown tool).
     started = time.monotonic()
     with pytest.raises(RpcError) as unknown:
         await client.call("tools/call", call("c_lookup", key="k"))
-    assert unknown.value.code == -32602
+    assert unknown.value.code == -32050
     with pytest.raises(BackendDown) as down:
         await backend.call(session_of(gw), "tools/call", call("lookup", key="k"), 5.0)
     assert down.value.code == -32050 and "restarting" in down.value.message
