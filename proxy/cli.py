@@ -133,6 +133,8 @@ def _describe(cfg: config.GatewayConfig, plugin_names: list[str]) -> str:
         # Header and environment values are secrets: only their names are shown.
         if isinstance(backend, config.StdioBackendConfig):
             target = " ".join([backend.command, *backend.args])
+            if backend.replicas > 1:
+                target += f" (x{backend.replicas})"
             env = f" (env: {', '.join(backend.env)})" if backend.env else ""
             lines.append(f"  {name}: stdio, session {backend.session}{state}: {target}{env}")
         else:
@@ -140,9 +142,8 @@ def _describe(cfg: config.GatewayConfig, plugin_names: list[str]) -> str:
             if backend.auth is not None:
                 extras.append(f"auth: {backend.auth.type} at {backend.auth.token_url}")
             shown = f" ({'; '.join(extras)})" if extras else ""
-            lines.append(
-                f"  {name}: {backend.transport}, session {backend.session}{state}: {backend.url}{shown}"
-            )
+            where = ", ".join(backend.urls or (backend.url,))
+            lines.append(f"  {name}: {backend.transport}, session {backend.session}{state}: {where}{shown}")
     rules = cfg.namespacing
     lines.append(
         f"namespacing: mode {rules.mode}, separator {rules.separator!r}, "

@@ -126,11 +126,21 @@ class BreakerConfig(_Strict):
 
 
 class RestartConfig(_Strict):
-    """Restarting a stdio backend whose process exited, backing off exponentially on repeated crashes."""
+    """Bringing back a backend whose catalog link closed (a stdio process that exited, a WebSocket or
+    HTTP+SSE connection that broke), backing off exponentially on repeated failures."""
 
     enabled: bool = True
     initial_backoff_seconds: float = Field(1.0, gt=0)
     max_backoff_seconds: float = Field(30.0, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Periodic health checks on the catalog link: a check that fails or goes unanswered for
+    ``timeout_seconds`` counts as one transport failure for the circuit breaker."""
+
+    interval_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(5.0, gt=0)
+    method: Literal["ping", "server/discover"] = "ping"
 
 
 class _BackendBase(_Strict):
@@ -145,8 +155,16 @@ class _BackendBase(_Strict):
     disabled: bool = False
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
-    # Only stdio backends are restarted for now; a remote backend that goes away stays down.
     restart: RestartConfig = RestartConfig()
+    # Off unless configured: calls and the breaker's own probes already notice most failures.
+    health: HealthConfig | None = None
+    # How a pool (several ``urls``, or ``replicas`` > 1) spreads calls over its instances.
+    balance: Literal["round_robin", "least_outstanding"] = "least_outstanding"
+
+    @property
+    def instance_count(self) -> int:
+        """How many instances (processes or servers) serve this backend."""
+        return 1
 
 
 class StdioBackendConfig(_BackendBase):
@@ -156,6 +174,16 @@ class StdioBackendConfig(_BackendBase):
     # Secret: never printed, logged or shown by ``portico check``.
     env: dict[str, Secret] = Field(default_factory=dict)
     cwd: str | None = None
+    # Identical processes started for this backend, as a pool (see ``balance``).
+    replicas: int = Field(1, ge=1, le=64)
+
+    @property
+    def instance_count(self) -> int:
+        return self.replicas
+
+    def instance(self, index: int) -> StdioBackendConfig:
+        """The config of one instance of the pool."""
+        return self.model_copy(update={"replicas": 1})
 
 
 _SCHEMES = {
@@ -203,7 +231,9 @@ class RemoteBackendConfig(_BackendBase):
     # Client configs call this ``type`` (and say "http" for Streamable HTTP); every spelling is accepted.
     # Without one, the URL's scheme decides: ws:// is WebSocket, http:// Streamable HTTP.
     transport: Literal["websocket", "streamable-http", "sse"] | None = Field(None, alias="type")
-    url: str
+    # One server (``url``), or a pool of servers serving the same thing (``urls``, see ``balance``).
+    url: str = ""
+    urls: tuple[str, ...] = ()
     # Secret: never printed, logged or shown by ``portico check``.
     headers: dict[str, Secret] = Field(default_factory=dict)
     auth: ClientCredentialsConfig | None = None
@@ -236,6 +266,33 @@ class RemoteBackendConfig(_BackendBase):
             raise ValueError(f"{what} needs a {' or '.join(schemes)} URL, not {url!r}")
         return url
 
+    @field_validator("urls")
+    @classmethod
+    def _all_fit_transport(cls, urls: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        for url in urls:
+            cls._fits_transport(url, info)
+        return urls
+
+    @model_validator(mode="after")
+    def _url_or_urls(self) -> RemoteBackendConfig:
+        if self.url and self.urls:
+            raise ValueError("set url (one server) or urls (a pool), not both")
+        if not self.url and not self.urls:
+            raise ValueError("a remote backend needs a url (or urls, for a pool)")
+        if self.urls:
+            object.__setattr__(self, "url", self.urls[0])
+        return self
+
+    @property
+    def instance_count(self) -> int:
+        return max(1, len(self.urls))
+
+    def instance(self, index: int) -> RemoteBackendConfig:
+        """The config of one instance of the pool: its own URL."""
+        if not self.urls:
+            return self
+        return self.model_copy(update={"url": self.urls[index], "urls": ()})
+
     @model_validator(mode="after")
     def _transport_from_scheme(self) -> RemoteBackendConfig:
         if self.transport is None:
@@ -251,7 +308,7 @@ class RemoteBackendConfig(_BackendBase):
 
 
 def _backend_kind(data: Any) -> str:
-    return "remote" if isinstance(data, Mapping) and "url" in data else "stdio"
+    return "remote" if isinstance(data, Mapping) and ("url" in data or "urls" in data) else "stdio"
 
 
 BackendConfig = Annotated[

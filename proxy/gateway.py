@@ -20,6 +20,7 @@ import aiohttp
 
 from proxy import __version__, eras, jsonrpc
 from proxy.backend import Backend
+from proxy.backend_pool import make_backend
 from proxy.chain import (
     ANONYMOUS,
     Authenticator,
@@ -112,7 +113,7 @@ class Gateway:
                 http=self._http,
                 base_dir=base_dir,
             )
-            self.backends[name] = Backend(name, cfg, factory, self, GATEWAY_INFO)
+            self.backends[name] = make_backend(name, cfg, factory, self, GATEWAY_INFO)
         await asyncio.gather(*(self._start_backend(b) for b in self.backends.values()))
         try:
             self._rebuild_catalog()

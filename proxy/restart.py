@@ -1,7 +1,9 @@
-"""Bringing a crashed stdio backend back: restart attempts with exponential backoff.
+"""Bringing a backend back whose catalog link closed: restart attempts with exponential backoff.
 
-A backend whose process exits is started again after ``initial_backoff_seconds``; each failed attempt,
-and each crash soon after a restart, doubles the wait up to ``max_backoff_seconds``. A backend that stays
+The same for every transport: a stdio process that exited is started again, a WebSocket or HTTP+SSE
+connection that broke is opened again (``start`` is whatever brings this backend's link back). The first
+attempt comes after ``initial_backoff_seconds``; each failed attempt, and each failure soon after a
+restart, doubles the wait up to ``max_backoff_seconds``. A backend that stays
 up long enough is forgiven and its next crash waits the initial time again.
 """
 

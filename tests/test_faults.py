@@ -89,20 +89,9 @@ async def test_reset_fails_fast_and_the_other_backends_keep_serving(
         assert text_of(looked_up) == "k #1"
 
 
-# Found with this proxy: only stdio backends are restarted (proxy/backend.py builds a Restarter for
-# StdioBackendConfig only), so an SSE or WebSocket backend whose connection was reset stays out of the
-# lists until the gateway restarts. Streamable HTTP opens a connection per request and recovers.
-_NOT_RECONNECTED = pytest.mark.xfail(strict=True, reason="remote backends are never reconnected")
-
-
-@pytest.mark.parametrize(
-    "transport",
-    [
-        "streamable-http",
-        pytest.param("sse", marks=_NOT_RECONNECTED),
-        pytest.param("websocket", marks=_NOT_RECONNECTED),
-    ],
-)
+# Found with this proxy: SSE and WebSocket backends whose connection was reset stayed out of the lists
+# until the gateway restarted; now they are reconnected like crashed stdio processes are restarted.
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_after_a_reset_the_backend_serves_again(start_gateway: StartGateway, transport: str) -> None:
     async with gateway_through_proxy(start_gateway, transport) as (_, client, proxy):
         proxy.set_fault(Fault.reset())

@@ -24,12 +24,16 @@ def make_connector(
     http: aiohttp.ClientSession,
     base_dir: Path,
     transport: str | None = None,
+    instance: int = 0,
 ) -> Connector:
-    """A connector for the backend's configured transport, or for ``transport`` once a fallback chose it."""
+    """A connector for the backend's configured transport, or for ``transport`` once a fallback chose it;
+    ``instance`` picks one server of a pool (``urls``)."""
     if isinstance(config, StdioBackendConfig):
         return StdioConnector(backend, config, base_dir)
     remote = {"streamable-http": StreamableHttpConnector, "sse": SseConnector}.get(
         transport or config.transport or "", WebSocketConnector
     )
-    # One credentials provider per backend, shared by all its connectors: one token cache for all links.
-    return remote(backend, config, http, credentials_for(backend, config, http))
+    # One credentials provider per backend, shared by all its connectors (and every server of a pool):
+    # one token cache for all links.
+    credentials = credentials_for(backend, config, http)
+    return remote(backend, config.instance(instance), http, credentials)
