@@ -13,7 +13,7 @@ from plugins.redact.detectors import BUILTIN, Detector
 from plugins.redact.options import RedactOptions
 from plugins.redact.redactor import Blocked, Redactor
 from proxy import jsonrpc
-from proxy.chain import REDACTIONS, Context, Handler
+from proxy.chain import REDACTED_REQUEST, REDACTIONS, Context, Direction, Handler
 from proxy.errors import ErrorCode, Rejection
 from proxy.jsonrpc import Message
 
@@ -22,9 +22,6 @@ log = logging.getLogger("portico.redact")
 # The hash action's key when the options give none: drawn once per process, so equal values hash alike
 # across every redact instance of this gateway process (and differently after a restart).
 _PROCESS_HASH_KEY = secrets.token_bytes(32)
-
-# This message's replacements per detector (the request's and its reply's together), for a log or
-# metrics plugin further out in the chain. Names and counts only, never a value.
 
 
 class RedactionBlocked(Rejection):
@@ -66,6 +63,10 @@ class Redact:
             # A notification cannot be answered; it is dropped, and the log names the detector only.
             log.info("dropped %s (%s): %s", ctx.method, ctx.direction.value, exc.message)
             return None
+        if ctx.direction is Direction.TO_BACKEND and "id" in message and "method" in message:
+            # What an audit record further out may show of a client's request: what went on, never what
+            # came in. Its params are copied because the backend sets progress tokens in them in place.
+            ctx.set(REDACTED_REQUEST, _as_forwarded(outgoing))
         reply = await call_next(ctx, outgoing)
         if reply is None:
             return None
@@ -116,6 +117,11 @@ class Redact:
         if log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{name}={count}" for name, count in sorted(counts.items()))
             log.debug("redacted %s %s (%s): %s", ctx.method, what, ctx.direction.value, summary)
+
+
+def _as_forwarded(message: Message) -> Message:
+    params = message.get("params")
+    return {**message, "params": dict(params)} if isinstance(params, dict) else dict(message)
 
 
 def build_detectors(options: RedactOptions) -> list[Detector]:
