@@ -130,7 +130,7 @@ def test_the_traffic_section_examples_are_valid_configs(example_dir: Path) -> No
     start = text.index("\n## Traffic and resilience\n")
     section = text[start : text.index("\n## ", start + 1)]
     blocks = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```$", section, flags=re.M | re.S)]
-    assert [sorted(b) for b in blocks] == [["plugins"], ["mcpServers"]]
+    assert [sorted(b) for b in blocks] == [["plugins"], ["mcpServers"], ["mcpServers"]]
     cfg = config.parse(yaml.safe_dump({**blocks[0], **blocks[1]}))
     names = [p.name for p in build_plugins(cfg)]
     assert names == ["auth", "policy", "ratelimit", "redact", "cache", "dedup"]
@@ -140,3 +140,13 @@ def test_the_traffic_section_examples_are_valid_configs(example_dir: Path) -> No
         5,
         30,
     )
+
+
+def test_the_pool_example_is_a_valid_backend(example_dir: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("\n### Health checks, reconnection and pools")
+    section = text[start : text.index("\n### ", start + 1)]
+    (block,) = re.findall(r"^```yaml\n(.*?)^```$", section, flags=re.M | re.S)
+    search = config.parse(block).mcpServers["search"]
+    assert isinstance(search, config.RemoteBackendConfig)
+    assert search.instance_count == 2 and search.health is not None and search.balance == "least_outstanding"
