@@ -58,6 +58,7 @@ log = logging.getLogger("portico")
 
 GATEWAY_INFO = {"name": "portico", "title": "Portico MCP gateway", "version": __version__}
 _DEFAULT_DEADLINE_SECONDS = 60.0
+TIMEOUT_META_KEY = "dev.portico/timeoutSeconds"
 _LIST_CHANGED_FOR = {
     "tools": "notifications/tools/list_changed",
     "prompts": "notifications/prompts/list_changed",
@@ -211,6 +212,8 @@ class Gateway:
     ) -> Context:
         backend = self.backends.get(route.backend) if route else None
         seconds = backend.config.timeout_seconds if backend else _DEFAULT_DEADLINE_SECONDS
+        if direction is Direction.TO_BACKEND:
+            seconds = min(seconds, _asked_timeout(message) or seconds)
         deadline = time.monotonic() + seconds
         ctx = Context(
             session,
@@ -443,6 +446,16 @@ class Gateway:
         lists = {b.name: b.lists for b in self.live_backends()}
         self.catalog = build_catalog(self._version, self.rules, lists)
         self.pager.remember(self.catalog)
+
+
+def _asked_timeout(message: Message) -> float | None:
+    """The deadline a client asked for in ``_meta`` (seconds, ``dev.portico/timeoutSeconds``): it may
+    shorten the backend's own, never lengthen it. MCP has no standard field for this."""
+    meta = jsonrpc.params_of(message).get("_meta")
+    asked = meta.get(TIMEOUT_META_KEY) if isinstance(meta, dict) else None
+    if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
+        return float(asked)
+    return None
 
 
 def _within(backends: frozenset[str]) -> Callable[[Route], bool]:
