@@ -15,6 +15,9 @@ Read when Prometheus scrapes (nothing in backends or plugins changes for them):
     portico_sessions{transport,era}                       open client sessions
     portico_backend_up{backend}                           1 if the backend is ready (its tools offered)
     portico_backend_tools{backend}                        tools the backend lists
+    portico_backend_breaker_state{backend}                each instance's breaker: 0 closed, 1 half-open,
+                                                          2 open (a pool's instances are ``name[i]``)
+    portico_backend_restarts_total{backend}               restarts and reconnections of each instance
     portico_cache_events_total{event}                     cache plugin: hits, misses, stores, errors,
                                                           evictions
     portico_dedup_shared_total                            dedup plugin: calls answered by another's call
@@ -204,8 +207,8 @@ def metrics_of(gateway: Gateway) -> GatewayMetrics:
 # -- read at scrape time ------------------------------------------------------------------------------------
 
 BackendReading = Callable[["Backend"], float]
-# What is exposed of each backend, read when Prometheus scrapes. Breaker state and restart counts belong
-# here too, once backends offer a stable accessor for them (a (name, help, reading) row each).
+# What is exposed of each backend, read when Prometheus scrapes (breakers and restarts, per instance,
+# come from _recovery_families).
 BACKEND_GAUGES: tuple[tuple[str, str, BackendReading], ...] = (
     ("portico_backend_up", "1 if the backend is ready and its tools are offered, else 0.", lambda b: b.ready),
     ("portico_backend_tools", "Tools the backend lists.", lambda b: len(b.lists.tools)),
@@ -228,7 +231,34 @@ class GatewayCollector(Collector):
             for backend in gateway.backends.values():
                 family.add_metric((backend.name,), float(reading(backend)))
             yield family
+        yield from _recovery_families(gateway)
         yield from plugin_families(named.plugin for named in gateway.plugins)
+
+
+# The breaker's states as the values of portico_backend_breaker_state.
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def _recovery_families(gateway: Gateway) -> Iterator[Metric]:
+    """Each backend instance's breaker state and restart count (a pool's instances are ``name[i]``)."""
+    breakers = GaugeMetricFamily(
+        "portico_backend_breaker_state",
+        "The circuit breaker of each backend instance: 0 closed, 1 half-open, 2 open.",
+        labels=("backend",),
+    )
+    restarts = CounterMetricFamily(
+        "portico_backend_restarts",
+        "Restarts (stdio) and reconnections (remote) of each backend instance.",
+        labels=("backend",),
+    )
+    for backend in gateway.backends.values():
+        for instance in getattr(backend, "instances", None) or (backend,):
+            if instance.breaker is not None:
+                breakers.add_metric((instance.name,), float(BREAKER_STATES.get(instance.breaker.state, 2)))
+            if instance.restarter is not None:
+                restarts.add_metric((instance.name,), float(instance.restarter.restarts))
+    yield breakers
+    yield restarts
 
 
 def _session_families(gateway: Gateway) -> Iterator[Metric]:

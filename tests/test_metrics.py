@@ -227,3 +227,24 @@ async def test_each_gateway_has_its_own_registry(start_gateway: StartGateway) ->
     ok = {"backend": "c", "method": "tools/call", "tool": "lookup", "outcome": "ok"}
     assert value(await scrape(first), "portico_requests_total", **ok) == 1
     assert value(await scrape(second), "portico_requests_total", **ok) is None
+
+
+async def test_breaker_states_and_restarts_are_exposed_per_instance(start_gateway: StartGateway) -> None:
+    fast = {"restart": {"initial_backoff_seconds": 0.1, "max_backoff_seconds": 0.5}}
+    settings = {"mcpServers": {"c": counting(**fast), "p": counting(replicas=2)}}
+    gw = await start_gateway(settings)
+    samples = await scrape(gw)
+    assert value(samples, "portico_backend_breaker_state", backend="c") == 0
+    assert value(samples, "portico_backend_breaker_state", backend="p[1]") == 0
+    assert value(samples, "portico_backend_restarts_total", backend="c") == 0
+    backend = gw.gateway.backends["c"]
+    old = pid_of(backend)
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: backend.ready and pid_of(backend) != old, timeout=10)
+    assert value(await scrape(gw), "portico_backend_restarts_total", backend="c") == 1
+    # Five transport failures in a row (the default threshold), as calls would report them, open it.
+    breaker = backend.breaker
+    assert breaker is not None
+    for _ in range(5):
+        breaker.failed(breaker.admit())
+    assert value(await scrape(gw), "portico_backend_breaker_state", backend="c") == 2
