@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.gateway import Gateway
-from proxy.metrics import CONTENT_TYPE, metrics_of
+from proxy.metrics import CONTENT_TYPE
 from proxy.transports import legacy_sse
 from proxy.transports.app_keys import GATEWAY
 from proxy.transports.authentication import WELL_KNOWN, handle_protected_resource
@@ -64,7 +64,7 @@ def readiness(gateway: Gateway) -> tuple[list[str], list[str]]:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    body = metrics_of(request.app[GATEWAY]).exposition()
+    body = request.app[GATEWAY].metrics.exposition()
     # CONTENT_TYPE carries its own charset parameter, which aiohttp accepts only in the raw header.
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

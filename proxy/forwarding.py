@@ -14,7 +14,6 @@ from proxy.chain import Context, Route, safe_to_repeat
 from proxy.errors import BackendUnavailable, InvalidParams, PorticoError
 from proxy.input_bridge import RESUMABLE_METHODS
 from proxy.jsonrpc import Message
-from proxy.metrics import metrics_of
 from proxy.router import Catalog
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ class Forwarder:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._metrics = metrics_of(gateway)
+        self._metrics = gateway.metrics
 
     def resolve(self, catalog: Catalog, method: str, params: dict[str, Any]) -> Route | None:
         if method == "tools/call":

@@ -47,6 +47,7 @@ from proxy.forwarding import Forwarder
 from proxy.input_bridge import InputBridge
 from proxy.jsonrpc import Message
 from proxy.listen_hub import ListenHub
+from proxy.metrics import GatewayMetrics
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
 from proxy.virtual_servers import build_virtual_servers
@@ -85,6 +86,7 @@ class Gateway:
         # The first plugin that can identify clients does; without one every client is anonymous.
         self.authenticator: Authenticator | None = authenticator_of(plugins)
         self.observers = observers_of(plugins)
+        self.metrics = GatewayMetrics(self)
         self.to_backend = Chain(plugins, self._to_backend)
         self.to_client = Chain(plugins, self._to_client)
         self.forwarder = Forwarder(self)

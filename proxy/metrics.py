@@ -1,7 +1,7 @@
 """Prometheus metrics of one gateway, served at ``GET /metrics``.
 
 Each gateway has its own ``CollectorRegistry`` (never the process-wide default: tests run many gateways in
-one process), found with ``metrics_of(gateway)``. Every name starts with ``portico_``; the list is stable:
+one process), created with it as ``gateway.metrics``. Every name starts with ``portico_``; the list is stable:
 
 Counted on the request path (``Session`` around the chain, ``Forwarder`` around the backend):
     portico_requests_total{backend,method,tool,outcome}   client requests answered
@@ -191,19 +191,6 @@ class GatewayMetrics:
 
 
 _DENIED = f"error_{ErrorCode.ACCESS_DENIED}"
-# One GatewayMetrics per gateway. Weak keys: a stopped gateway's metrics go with it (the collector holds
-# the gateway only weakly, so the entry does not keep its own key alive).
-_BY_GATEWAY: weakref.WeakKeyDictionary[Gateway, GatewayMetrics] = weakref.WeakKeyDictionary()
-
-
-def metrics_of(gateway: Gateway) -> GatewayMetrics:
-    """The metrics of ``gateway``, created on first use."""
-    metrics = _BY_GATEWAY.get(gateway)
-    if metrics is None:
-        metrics = _BY_GATEWAY[gateway] = GatewayMetrics(gateway)
-    return metrics
-
-
 # -- read at scrape time ------------------------------------------------------------------------------------
 
 BackendReading = Callable[["Backend"], float]

@@ -22,7 +22,6 @@ from proxy import eras, jsonrpc
 from proxy.chain import ANONYMOUS, Context, Direction, Principal
 from proxy.errors import InvalidRequest, MethodNotFound, PorticoError
 from proxy.jsonrpc import Kind, Message, RequestId
-from proxy.metrics import metrics_of
 
 if TYPE_CHECKING:
     from proxy.gateway import Gateway
@@ -101,7 +100,7 @@ class Session:
         self._ask_ids = itertools.count(1)
         self._outbox: asyncio.Queue[tuple[Context, Message]] = asyncio.Queue()
         self._courier: asyncio.Task[None] | None = None
-        self._metrics = metrics_of(gateway)
+        self._metrics = gateway.metrics
         # Whether a modern-era request has been answered (for the sessions metric's ``era`` label).
         self._modern = False
         gateway.register(self)

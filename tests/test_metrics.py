@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.chain import Context, Handler
 from proxy.errors import AccessDenied
 from proxy.jsonrpc import Message
-from proxy.metrics import CONTENT_TYPE, metrics_of
+from proxy.metrics import CONTENT_TYPE
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.test_backend_restart import pid_of
 from tests.test_http_transport import eventually
@@ -96,7 +96,7 @@ async def test_made_up_names_and_methods_fold_into_bounded_labels(start_gateway:
 
 async def test_the_tool_label_is_capped_per_backend(start_gateway: StartGateway) -> None:
     gw = await start_gateway({"mcpServers": {"c": counting()}})
-    metrics_of(gw.gateway).tools.limit = 2
+    gw.gateway.metrics.tools.limit = 2
     client = await gw.client()
     for tool in ("lookup", "upsert", "append", "stats", "lookup"):
         await call_tool(gw, client, f"c_{tool}", key="k", value="v")
