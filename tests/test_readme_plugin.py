@@ -92,9 +92,11 @@ async def test_the_readme_plugin_refuses_deletes_and_stamps_results(
     forwarded: list[tuple[str, dict[str, Any]]] = []
     real_call = backend.call
 
-    async def recording_call(session: Any, method: str, params: dict[str, Any], timeout: float) -> Any:
+    async def recording_call(
+        session: Any, method: str, params: dict[str, Any], timeout: float, **options: Any
+    ) -> Any:
         forwarded.append((method, params))
-        return await real_call(session, method, params, timeout)
+        return await real_call(session, method, params, timeout, **options)
 
     monkeypatch.setattr(backend, "call", recording_call)
 
