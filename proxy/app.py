@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from proxy.admin import add_admin_routes
 from proxy.gateway import Gateway
 from proxy.metrics import CONTENT_TYPE
 from proxy.transports import legacy_sse
@@ -110,6 +111,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
+    add_admin_routes(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()

@@ -250,6 +250,8 @@ class Credentials:
     # The query string's parameters: a token there is refused, never used.
     query: Mapping[str, str]
     remote: str
+    # The W3C ``traceparent`` header of an HTTP request, if any (tracing: the client's trace).
+    traceparent: str | None = None
 
 
 class Authenticator(Protocol):
@@ -296,6 +298,10 @@ def authenticator_of(plugins: Sequence[NamedPlugin]) -> Authenticator | None:
     return None
 
 
+# Wraps one plugin's layer (given the plugin's name) in something that watches it, such as a tracing span.
+PluginObserver = Callable[[str, Handler], Handler]
+
+
 class PluginFailure(PorticoError):
     """A plugin raised something that is not a ``PorticoError``: a bug, reported as an internal error."""
 
@@ -311,12 +317,18 @@ class NamedPlugin:
 class Chain:
     """The plugins in config order, wrapped once around a terminal handler."""
 
-    def __init__(self, plugins: Sequence[NamedPlugin], terminal: Handler) -> None:
+    def __init__(
+        self, plugins: Sequence[NamedPlugin], terminal: Handler, observe: PluginObserver | None = None
+    ) -> None:
         self.plugins = tuple(plugins)
         handler = terminal
         # Built from the inside out, so the first plugin in the list sees a message first.
         for named in reversed(self.plugins):
             handler = _layer(named, handler)
+            if observe is not None:
+                # Outside the error wrapping, so an observer (tracing) sees a plugin's failure as the
+                # gateway reports it. Without one the chain has no extra layer at all.
+                handler = observe(named.name, handler)
         self._entry = handler
 
     async def dispatch(self, ctx: Context, message: Message) -> Message | None:

@@ -343,12 +343,55 @@ class VirtualServerConfig(_Strict):
     description: str | None = None
 
 
+class AdminConfig(_Strict):
+    """The admin API under ``/admin`` (``proxy.admin``): off unless enabled; callers need ``role``."""
+
+    enabled: bool = False
+    role: str = Field("admin", min_length=1)
+    # Without an authentication plugin every caller is anonymous, so the API would be open to anyone who
+    # can reach the port: allowed only when the operator says so (local use).
+    allow_anonymous_admin: bool = False
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing (``proxy.tracing``): a span per client request, per plugin, per backend call.
+
+    Off by default. ``exporter`` says where finished spans go: ``none`` (kept in the process, for tests
+    and for turning tracing on before choosing a collector), ``console`` (stdout) or ``otlp`` (OTLP over
+    HTTP to ``endpoint``; needs the ``otlp`` extra: ``pip install 'mcp-portico[otlp]'``).
+    """
+
+    enabled: bool = False
+    exporter: Literal["none", "console", "otlp"] = "none"
+    # The OTLP/HTTP traces URL (``http://collector:4318/v1/traces``); unset: the exporter's default, or
+    # ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``.
+    endpoint: str | None = Field(None, pattern=r"^https?://")
+    service_name: str = Field("portico", min_length=1)
+    # The share of new traces recorded; a client's traceparent decides for the traces it started.
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _exporter_installed(self) -> TracingConfig:
+        import importlib.util  # only needed here, once, at start-up
+
+        if self.enabled and self.exporter == "otlp":
+            try:
+                found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                raise ValueError("exporter 'otlp' needs the otlp extra: pip install 'mcp-portico[otlp]'")
+        return self
+
+
 class GatewayConfig(_Strict):
     listen: ListenConfig = ListenConfig()
     namespacing: NamespacingConfig = NamespacingConfig()
     request_state: RequestStateConfig = RequestStateConfig()
+    tracing: TracingConfig = TracingConfig()
     mcpServers: dict[str, BackendConfig] = Field(default_factory=dict)
     virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
+    admin: AdminConfig = AdminConfig()
     plugins: tuple[PluginEntry, ...] = ()
     # Where the file was read from; resolves relative ``cwd`` values. Not part of the file.
     source: str = Field("<memory>", exclude=True)

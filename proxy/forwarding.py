@@ -6,6 +6,7 @@ must see its own (``get_weather``, ``notes://a``). Both directions are table loo
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class Forwarder:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._metrics = gateway.metrics
+        self._tracing = gateway.tracing
 
     def resolve(self, catalog: Catalog, method: str, params: dict[str, Any]) -> Route | None:
         if method == "tools/call":
@@ -80,22 +82,37 @@ class Forwarder:
         retryable = safe_to_repeat(ctx.method, route)
         started = time.perf_counter()
         try:
-            if ctx.method == "resources/subscribe":
-                reply = await backend.subscribe(session, route.name, timeout)
-            elif ctx.method == "resources/unsubscribe":
-                reply = await backend.unsubscribe(session, route.name, timeout)
-            elif ctx.method in RESUMABLE_METHODS and self._bridges_input(ctx, backend):
-                reply = await self._call_with_input_bridge(
-                    ctx, session, backend, own_params, timeout, retryable
+            if self._tracing.enabled:
+                call = functools.partial(
+                    self._call, ctx, session, backend, route.name, timeout=timeout, retryable=retryable
                 )
+                reply = await self._tracing.trace_backend_call(ctx, message, route, own_params, call)
             else:
-                reply = await backend.call(session, ctx.method, own_params, timeout, retryable=retryable)
+                reply = await self._call(ctx, session, backend, route.name, own_params, timeout, retryable)
         finally:
             # Failed and cancelled calls took the backend's time too.
             self._metrics.backend_done(route.backend, ctx.method, time.perf_counter() - started)
         if "result" in reply and isinstance(reply["result"], dict):
             return jsonrpc.result(message["id"], self._expose_result(ctx.method, route, reply["result"]))
         return {**reply, "id": message["id"], "jsonrpc": "2.0"}
+
+    async def _call(
+        self,
+        ctx: Context,
+        session: Session,
+        backend: Backend,
+        own_name: str,
+        params: dict[str, Any],
+        timeout: float,
+        retryable: bool,
+    ) -> Message:
+        if ctx.method == "resources/subscribe":
+            return await backend.subscribe(session, own_name, timeout)
+        if ctx.method == "resources/unsubscribe":
+            return await backend.unsubscribe(session, own_name, timeout)
+        if ctx.method in RESUMABLE_METHODS and self._bridges_input(ctx, backend):
+            return await self._call_with_input_bridge(ctx, session, backend, params, timeout, retryable)
+        return await backend.call(session, ctx.method, params, timeout, retryable=retryable)
 
     @staticmethod
     def _bridges_input(ctx: Context, backend: Backend) -> bool:

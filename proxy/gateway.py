@@ -34,7 +34,7 @@ from proxy.chain import (
     authenticator_of,
     observers_of,
 )
-from proxy.config import GatewayConfig
+from proxy.config import GatewayConfig, RemoteBackendConfig, StdioBackendConfig
 from proxy.connectors import make_connector
 from proxy.errors import (
     BackendUnavailable,
@@ -50,6 +50,7 @@ from proxy.listen_hub import ListenHub
 from proxy.metrics import GatewayMetrics
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
+from proxy.tracing import Tracing, remember_http_traceparent
 from proxy.virtual_servers import build_virtual_servers
 
 if TYPE_CHECKING:
@@ -87,8 +88,10 @@ class Gateway:
         self.authenticator: Authenticator | None = authenticator_of(plugins)
         self.observers = observers_of(plugins)
         self.metrics = GatewayMetrics(self)
-        self.to_backend = Chain(plugins, self._to_backend)
-        self.to_client = Chain(plugins, self._to_client)
+        # Tracing off: the chains are built without span layers (no cost per message).
+        self.tracing = Tracing(config.tracing)
+        self.to_backend = Chain(plugins, self._to_backend, self.tracing.plugin_observer())
+        self.to_client = Chain(plugins, self._to_client, self.tracing.plugin_observer())
         self.forwarder = Forwarder(self)
         self.listens = ListenHub(self)
         state = config.request_state
@@ -164,6 +167,7 @@ class Gateway:
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
         await self._close_plugins()
+        await self.tracing.close()
         if self._http is not None:
             await self._http.close()
 
@@ -184,6 +188,9 @@ class Gateway:
 
     async def authenticate(self, credentials: Credentials) -> Principal:
         """Who presented ``credentials``; raises ``Unauthenticated`` to refuse them."""
+        if self.tracing.enabled:
+            # Every HTTP request passes here before its message reaches a session: the client's trace.
+            remember_http_traceparent(credentials)
         if self.authenticator is None:
             return ANONYMOUS
         return await self.authenticator.authenticate(credentials)
@@ -448,6 +455,53 @@ class Gateway:
         lists = {b.name: b.lists for b in self.live_backends()}
         self.catalog = build_catalog(self._version, self.rules, lists)
         self.pager.remember(self.catalog)
+
+    # -- runtime registration (the admin API, proxy.admin) ------------------------------------------------
+
+    async def add_backend(self, name: str, config: StdioBackendConfig | RemoteBackendConfig) -> Backend:
+        """Register and start a backend while the gateway runs; its lists reach clients with list_changed.
+
+        Raises ``KeyError`` for a name already taken, ``BackendUnavailable`` when it does not start and
+        ``ConfigError`` when its names collide with another backend's; then nothing is left registered.
+        """
+        if name in self.backends:
+            raise KeyError(name)
+        if self._http is None:
+            raise BackendUnavailable("the gateway is not running")
+        base_dir = Path(self.config.source).parent if self.config.source != "<memory>" else Path.cwd()
+        factory = functools.partial(make_connector, name, config, http=self._http, base_dir=base_dir)
+        backend = make_backend(name, config, factory, self, GATEWAY_INFO)
+        # Taken before the first await, so two registrations of one name cannot both proceed.
+        self.backends[name] = backend
+        accepted = False
+        try:
+            await backend.start()
+            # Try the catalog first: colliding names are refused before any client sees them.
+            build_catalog(self._version + 1, self.rules, {b.name: b.lists for b in self.live_backends()})
+            accepted = True
+        except NameCollision as exc:
+            raise ConfigError(f"namespacing: {exc}") from None
+        finally:
+            if not accepted:
+                self.backends.pop(name, None)
+                await backend.stop()
+        servers = {**self.config.mcpServers, name: config}
+        self.config = self.config.model_copy(update={"mcpServers": servers})
+        log.info("backend %s registered at run time", name)
+        self.backend_changed(backend)
+        return backend
+
+    async def remove_backend(self, name: str) -> None:
+        """Stop a backend and take its tools out of the lists (list_changed); ``KeyError`` if unknown."""
+        backend = self.backends.pop(name)
+        servers = {key: cfg for key, cfg in self.config.mcpServers.items() if key != name}
+        self.config = self.config.model_copy(update={"mcpServers": servers})
+        self._before_withdrawal.pop(name, None)
+        # Out of the catalog first, so no new call is routed to it while it stops.
+        self._observe(backend, "down", {})
+        self._rebuild_and_announce()
+        await backend.stop()
+        log.info("backend %s deregistered at run time", name)
 
 
 def _asked_timeout(message: Message) -> float | None:

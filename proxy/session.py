@@ -204,12 +204,16 @@ class Session:
         return await self._dispatch_request(ctx, message)
 
     async def _dispatch_request(self, ctx: Context, message: Message) -> Message | None:
-        """Run a client request through the chain, counted and timed for the metrics."""
+        """Run a client request through the chain, counted and timed for the metrics (and traced)."""
         started = time.perf_counter()
         reply: Message | None = None
         finished = False
+        tracing = self.gateway.tracing
         try:
-            reply = await self.gateway.to_backend.dispatch(ctx, message)
+            if tracing.enabled:
+                reply = await tracing.trace_request(ctx, message, self.gateway.to_backend.dispatch)
+            else:
+                reply = await self.gateway.to_backend.dispatch(ctx, message)
             finished = True
             return reply
         finally:

@@ -32,6 +32,11 @@ they apply, and no other key is ever written::
     params*     only with include_payloads: the request's params as the redact plugin passed them on
     result*     only with include_payloads, and only for a result reply: the result the client got
 
+The gateway's admin API (``proxy.admin``) hands each of its calls to ``Audit.record_admin``, which writes
+it to the same output as a line of its own kind: ``time``, ``event`` ("admin"), ``principal``
+({"subject", "kind"}, or null when the call was refused before anyone was identified), ``remote``,
+``method`` (the HTTP method), ``path`` and ``status`` (the HTTP status answered).
+
 Arguments and results are never recorded unless ``include_payloads`` is true, and then only as redacted:
 when no redact plugin ran on the request, ``params`` and ``result`` are the text
 ``"[not logged: no redaction in the chain]"``.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from plugins.audit.options import AuditOptions
 from plugins.audit.record import Arrival, Ending, audit_record, to_line
@@ -53,6 +55,13 @@ class Audit:
         except Exception:
             # A bug in building the record must not change what the client gets (nor hide a refusal).
             log.exception("audit: could not record a %s request", ctx.method)
+
+    def record_admin(self, entry: Mapping[str, Any]) -> None:
+        """Write one call of the gateway's admin API (an ``"event": "admin"`` line) to the same output."""
+        try:
+            self.sink.write(to_line(dict(entry)))
+        except Exception:
+            log.exception("audit: could not record an admin call")
 
     async def close(self) -> None:
         """Write the lines still queued and stop the writer thread (the gateway calls it when it stops)."""

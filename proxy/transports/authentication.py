@@ -80,6 +80,7 @@ def credentials_of(request: web.Request, transport: str) -> Credentials:
         subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
         query=dict(request.query),
         remote=request.remote or "",
+        traceparent=request.headers.get("traceparent"),
     )
 
 

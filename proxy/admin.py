@@ -1,0 +1,318 @@
+"""The admin API under ``/admin``: backends, sessions and reload, for operators (config: ``admin:``).
+
+Off unless ``admin.enabled`` (then ``/admin/*`` is simply not routed: 404). When on, every call is
+authenticated exactly as ``/mcp`` is (same tokens, same 401/403 challenge) and the principal must hold
+``admin.role``. Without an authentication plugin every caller is anonymous, so the API may only be enabled
+with ``admin.allow_anonymous_admin: true`` (local use); anything else is refused at start-up.
+
+Routes (JSON in and out; errors are ``{"error": "..."}``)::
+
+    GET    /admin/backends          every backend: transport, ready, state, instances (breaker, restarts),
+                                    tool/prompt/resource/template counts
+    POST   /admin/backends          {"name": ..., "config": {an mcpServers entry}}: 201 and the backend;
+                                    400 invalid, 409 name taken or names collide, 502 it did not start
+    DELETE /admin/backends/{name}   stop it, its tools leave the lists (list_changed); 404 if unknown
+    GET    /admin/sessions          every client session: id, transport, era, principal, calls in flight
+    DELETE /admin/sessions/{id}     end it (a WebSocket closes with 1008 and a reason); 404 if unknown
+    POST   /admin/reload            read the config file again and apply its mcpServers (added, removed,
+                                    changed backends); 400 if the file is invalid (nothing changes)
+
+Every call, refused or not, is audited: one JSON line on the ``portico.admin`` logger (``time``,
+``event`` = "admin", ``principal`` {subject, kind} or null, ``remote``, ``method``, ``path``, ``status``;
+499 when the caller went away first), also handed to every plugin with a ``record_admin(entry)`` method
+(the audit plugin). Registering a stdio backend runs a command on the gateway's host: the admin role is
+as powerful as the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from proxy.backend import Backend
+from proxy.backend_pool import BackendPool
+from proxy.chain import Principal
+from proxy.config import AdminConfig, GatewayConfig, StdioBackendConfig, load
+from proxy.errors import BackendUnavailable, ConfigError, Unauthenticated
+from proxy.gateway import Gateway
+from proxy.session import Session
+from proxy.transports.app_keys import GATEWAY
+from proxy.transports.authentication import credentials_of, refusal
+
+log = logging.getLogger("portico.admin")
+
+ENDED_BY_ADMIN = "ended by an administrator"
+# The status recorded when the caller disconnected before the answer (nginx's convention).
+CLIENT_WENT_AWAY = 499
+
+# One reload at a time: two interleaved would start and stop the same backends.
+RELOAD_LOCK = web.AppKey("admin_reload_lock", asyncio.Lock)
+
+AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]
+
+
+def add_admin_routes(app: web.Application, gateway: Gateway) -> None:
+    """Route ``/admin/*`` when ``admin.enabled``; raises ``ConfigError`` if it would be open to anyone."""
+    settings = gateway.config.admin
+    if not settings.enabled:
+        return
+    if gateway.authenticator is None:
+        if not settings.allow_anonymous_admin:
+            raise ConfigError(
+                f"{gateway.config.source}: admin: enabled without an authentication plugin, so anyone "
+                "could use it; add the auth plugin, or set admin.allow_anonymous_admin: true (local use)"
+            )
+        log.warning("the admin API is open to anonymous callers (admin.allow_anonymous_admin)")
+    app[RELOAD_LOCK] = asyncio.Lock()
+    routes: list[tuple[str, str, AdminHandler]] = [
+        ("GET", "/admin/backends", list_backends),
+        ("POST", "/admin/backends", register_backend),
+        ("DELETE", "/admin/backends/{name}", deregister_backend),
+        ("GET", "/admin/sessions", list_sessions),
+        ("DELETE", "/admin/sessions/{id}", end_session),
+        ("POST", "/admin/reload", reload_config),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, _guarded(handler, settings))
+
+
+def _guarded(
+    handler: AdminHandler, settings: AdminConfig
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler behind authentication and the role check, every call audited whatever its end."""
+
+    async def guarded(request: web.Request) -> web.Response:
+        gateway = request.app[GATEWAY]
+        principal: Principal | None = None
+        try:
+            principal, refused = await _admit(request, gateway, settings)
+            response = refused if refused is not None else await handler(request, gateway)
+        except asyncio.CancelledError:
+            audit(gateway, request, principal, CLIENT_WENT_AWAY)
+            raise
+        except web.HTTPException as exc:
+            # What aiohttp itself refuses while reading the request (a body over the size limit).
+            response = _error(exc.status, exc.reason)
+        except Exception:
+            log.exception("admin: %s %s failed", request.method, request.path)
+            response = _error(500, "internal error (see the gateway's log)")
+        audit(gateway, request, principal, response.status)
+        return response
+
+    return guarded
+
+
+async def _admit(
+    request: web.Request, gateway: Gateway, settings: AdminConfig
+) -> tuple[Principal | None, web.Response | None]:
+    """Who is calling (None if unidentified), and the response refusing them, if they are refused."""
+    # The admin API is part of the gateway's protected resource: a token for /mcp, holding the role.
+    try:
+        principal = await gateway.authenticate(credentials_of(request, "admin"))
+    except Unauthenticated as exc:
+        return None, refusal(request, gateway, exc)
+    if gateway.authenticator is not None and settings.role not in principal.roles:
+        return principal, _error(403, f"the admin API needs the role {settings.role!r}")
+    return principal, None
+
+
+def audit(gateway: Gateway, request: web.Request, principal: Principal | None, status: int) -> None:
+    """One line per admin call on ``portico.admin``, and to every plugin that records admin calls."""
+    entry: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "event": "admin",
+        "principal": {"subject": principal.subject, "kind": principal.kind} if principal else None,
+        "remote": request.remote or "",
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+    }
+    log.info("%s", orjson.dumps(entry).decode())
+    for named in gateway.plugins:
+        record = getattr(named.plugin, "record_admin", None)
+        if not callable(record):
+            continue
+        try:
+            record(dict(entry))
+        except Exception:
+            log.exception("plugin %s failed to record an admin call", named.name)
+
+
+# -- backends -------------------------------------------------------------------------------------------
+
+
+async def list_backends(request: web.Request, gateway: Gateway) -> web.Response:
+    return web.json_response({"backends": [describe_backend(b) for b in gateway.backends.values()]})
+
+
+def describe_backend(backend: Backend) -> dict[str, Any]:
+    """What an operator wants to see of one backend; never its command, environment or headers."""
+    config = backend.config
+    instances = backend.instances if isinstance(backend, BackendPool) else [backend]
+    shown = [
+        {
+            "name": instance.name,
+            "state": instance.state,
+            "breaker": instance.breaker.state if instance.breaker is not None else "disabled",
+            "restarts": instance.restarter.restarts if instance.restarter is not None else 0,
+        }
+        for instance in instances
+    ]
+    lists = backend.lists
+    return {
+        "name": backend.name,
+        "transport": "stdio" if isinstance(config, StdioBackendConfig) else config.transport,
+        "era": backend.era,
+        "ready": backend.ready,
+        "state": backend.state,
+        "instances": shown,
+        "tools": len(lists.tools),
+        "prompts": len(lists.prompts),
+        "resources": len(lists.resources),
+        "resource_templates": len(lists.resourceTemplates),
+        "restarts": sum(i["restarts"] for i in shown),
+    }
+
+
+async def register_backend(request: web.Request, gateway: Gateway) -> web.Response:
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    name, entry = body.get("name"), body.get("config")
+    if not isinstance(name, str) or not isinstance(entry, dict):
+        return _error(400, 'the body must be {"name": "<backend>", "config": {<an mcpServers entry>}}')
+    try:
+        config = GatewayConfig.model_validate({"mcpServers": {name: entry}}).mcpServers[name]
+    except ValidationError as exc:
+        return _error(400, describe_invalid(exc))
+    if config.disabled:
+        return _error(400, f"mcpServers.{name}.disabled: a disabled backend cannot be registered")
+    if name in gateway.backends:
+        return _error(409, f"a backend named {name!r} already exists")
+    try:
+        backend = await gateway.add_backend(name, config)
+    except KeyError:
+        return _error(409, f"a backend named {name!r} already exists")
+    except ConfigError as exc:
+        return _error(409, f"backend {name!r} was not registered: {exc.message}")
+    except BackendUnavailable as exc:
+        return _error(502, f"backend {name!r} did not start, so it was not registered: {exc.message}")
+    return web.json_response(describe_backend(backend), status=201)
+
+
+async def deregister_backend(request: web.Request, gateway: Gateway) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        await gateway.remove_backend(name)
+    except KeyError:
+        return _error(404, f"no backend named {name!r}")
+    return web.json_response({"removed": name})
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """pydantic's findings as ``key.path: message`` lines, as ``portico check`` words them."""
+    lines = []
+    for problem in exc.errors():
+        # Drop pydantic's union member tag ("stdio" / "remote") that follows the backend's name.
+        loc = [str(p) for i, p in enumerate(problem["loc"]) if not (i == 2 and p in ("stdio", "remote"))]
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif problem["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{'.'.join(loc) or '(top level)'}: {message}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+# -- sessions -------------------------------------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request, gateway: Gateway) -> web.Response:
+    return web.json_response({"sessions": [describe_session(s) for s in gateway.sessions.values()]})
+
+
+def describe_session(session: Session) -> dict[str, Any]:
+    """One client session as an operator sees it; never its credential."""
+    return {
+        "id": session.id,
+        "transport": session.transport,
+        "era": session.era,
+        "principal": session.principal.subject,
+        "remote": session.remote,
+        "calls_in_flight": len(session.calls_in_flight()),
+    }
+
+
+async def end_session(request: web.Request, gateway: Gateway) -> web.Response:
+    session_id = request.match_info["id"]
+    session = gateway.sessions.get(session_id)
+    if session is None:
+        return _error(404, f"no session {session_id!r}")
+    session.end(ENDED_BY_ADMIN)
+    return web.json_response({"ended": session_id})
+
+
+async def reload_config(request: web.Request, gateway: Gateway) -> web.Response:
+    """Read the config file again and apply its ``mcpServers``: the file is the truth, so backends
+    registered at run time and absent from it are removed. Other sections need a restart."""
+    source = gateway.config.source
+    if source == "<memory>":
+        return _error(409, "the gateway was not started from a config file, so there is nothing to reload")
+    try:
+        fresh = await asyncio.to_thread(load, source)
+    except ConfigError as exc:
+        return _error(400, f"the config was not reloaded: {exc.message}")
+    async with request.app[RELOAD_LOCK]:
+        return web.json_response(await _apply_backends(gateway, fresh))
+
+
+async def _apply_backends(gateway: Gateway, fresh: GatewayConfig) -> dict[str, Any]:
+    """Stop the backends the file no longer has (or has changed), start those it has anew."""
+    wanted = fresh.enabled_backends()
+    running = {name: backend.config for name, backend in gateway.backends.items()}
+    changed = [name for name in running if name in wanted and wanted[name] != running[name]]
+    removed = [name for name in running if name not in wanted]
+    added = [name for name in wanted if name not in running]
+    failed: dict[str, str] = {}
+    for name in (*removed, *changed):
+        with contextlib.suppress(KeyError):  # deregistered meanwhile
+            await gateway.remove_backend(name)
+    for name in (*changed, *added):
+        try:
+            await gateway.add_backend(name, wanted[name])
+        except KeyError:
+            failed[name] = "registered meanwhile"
+        except (BackendUnavailable, ConfigError) as exc:
+            failed[name] = exc.message
+    return {
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "failed": failed,
+        "note": "only mcpServers is applied; other sections take effect after a restart",
+    }
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object")
+    return body
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
