@@ -519,12 +519,13 @@ def _check_node(node: yaml.Node, path: tuple[int | str, ...], source: str) -> No
 
 
 def _expand_variables(value: Any, source: str, path: tuple[str, ...]) -> Any:
-    """Expand ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in the strings of backend entries."""
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in the strings of backend entries and in
+    ``request_state.secret`` (plugins expand their own options)."""
     if isinstance(value, dict):
         return {k: _expand_variables(v, source, (*path, str(k))) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand_variables(v, source, (*path, f"[{i}]")) for i, v in enumerate(value)]
-    if isinstance(value, str) and path[:1] == ("mcpServers",):
+    if isinstance(value, str) and (path[:1] == ("mcpServers",) or path == ("request_state", "secret")):
         return _ENV_REFERENCE.sub(lambda m: _lookup(m, source, path), value)
     return value
 

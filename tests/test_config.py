@@ -434,3 +434,13 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(path)
     assert str(path) in caught.value.message
+
+
+def test_the_request_state_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTICO_STATE_SECRET", "s" * 40)
+    cfg = config.parse('request_state: {secret: "${PORTICO_STATE_SECRET}"}')
+    assert cfg.request_state.secret == "s" * 40
+    monkeypatch.delenv("PORTICO_STATE_SECRET")
+    with pytest.raises(ConfigError) as unset:
+        config.parse('request_state: {secret: "${PORTICO_STATE_SECRET}"}')
+    assert "request_state.secret" in unset.value.message and "PORTICO_STATE_SECRET" in unset.value.message
