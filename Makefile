@@ -7,10 +7,10 @@ CONFIG ?= proxy/demo/portico.yaml
 
 .PHONY: run test lint typecheck unit interop-setup services-setup conformance bench bench-smoke check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,otlp]'
 	touch $(STAMP)
 
 run: $(STAMP)
