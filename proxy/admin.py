@@ -27,7 +27,6 @@ as powerful as the config file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,11 +39,11 @@ from pydantic import ValidationError
 from proxy.backend import Backend
 from proxy.backend_pool import BackendPool
 from proxy.chain import Principal
-from proxy.config import AdminConfig, GatewayConfig, StdioBackendConfig, load
+from proxy.config import AdminConfig, GatewayConfig, StdioBackendConfig
 from proxy.errors import BackendUnavailable, ConfigError, Unauthenticated
 from proxy.gateway import Gateway
 from proxy.session import Session
-from proxy.transports.app_keys import GATEWAY
+from proxy.transports.app_keys import GATEWAY, RELOADER
 from proxy.transports.authentication import credentials_of, refusal
 
 log = logging.getLogger("portico.admin")
@@ -53,8 +52,6 @@ ENDED_BY_ADMIN = "ended by an administrator"
 # The status recorded when the caller disconnected before the answer (nginx's convention).
 CLIENT_WENT_AWAY = 499
 
-# One reload at a time: two interleaved would start and stop the same backends.
-RELOAD_LOCK = web.AppKey("admin_reload_lock", asyncio.Lock)
 
 AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]
 
@@ -71,7 +68,6 @@ def add_admin_routes(app: web.Application, gateway: Gateway) -> None:
                 "could use it; add the auth plugin, or set admin.allow_anonymous_admin: true (local use)"
             )
         log.warning("the admin API is open to anonymous callers (admin.allow_anonymous_admin)")
-    app[RELOAD_LOCK] = asyncio.Lock()
     routes: list[tuple[str, str, AdminHandler]] = [
         ("GET", "/admin/backends", list_backends),
         ("POST", "/admin/backends", register_backend),
@@ -261,44 +257,13 @@ async def end_session(request: web.Request, gateway: Gateway) -> web.Response:
 
 
 async def reload_config(request: web.Request, gateway: Gateway) -> web.Response:
-    """Read the config file again and apply its ``mcpServers``: the file is the truth, so backends
-    registered at run time and absent from it are removed. Other sections need a restart."""
-    source = gateway.config.source
-    if source == "<memory>":
-        return _error(409, "the gateway was not started from a config file, so there is nothing to reload")
+    """Read the config file again and apply its ``mcpServers`` (``proxy.reload``)."""
     try:
-        fresh = await asyncio.to_thread(load, source)
+        outcome = await request.app[RELOADER].reload()
     except ConfigError as exc:
-        return _error(400, f"the config was not reloaded: {exc.message}")
-    async with request.app[RELOAD_LOCK]:
-        return web.json_response(await _apply_backends(gateway, fresh))
-
-
-async def _apply_backends(gateway: Gateway, fresh: GatewayConfig) -> dict[str, Any]:
-    """Stop the backends the file no longer has (or has changed), start those it has anew."""
-    wanted = fresh.enabled_backends()
-    running = {name: backend.config for name, backend in gateway.backends.items()}
-    changed = [name for name in running if name in wanted and wanted[name] != running[name]]
-    removed = [name for name in running if name not in wanted]
-    added = [name for name in wanted if name not in running]
-    failed: dict[str, str] = {}
-    for name in (*removed, *changed):
-        with contextlib.suppress(KeyError):  # deregistered meanwhile
-            await gateway.remove_backend(name)
-    for name in (*changed, *added):
-        try:
-            await gateway.add_backend(name, wanted[name])
-        except KeyError:
-            failed[name] = "registered meanwhile"
-        except (BackendUnavailable, ConfigError) as exc:
-            failed[name] = exc.message
-    return {
-        "added": added,
-        "removed": removed,
-        "changed": changed,
-        "failed": failed,
-        "note": "only mcpServers is applied; other sections take effect after a restart",
-    }
+        status = 409 if gateway.config.source == "<memory>" else 400
+        return _error(status, f"the config was not reloaded: {exc.message}")
+    return web.json_response(outcome)
 
 
 # -- helpers --------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from proxy.admin import add_admin_routes
 from proxy.gateway import Gateway
 from proxy.metrics import CONTENT_TYPE
+from proxy.reload import ConfigWatcher, Reloader
 from proxy.transports import legacy_sse
-from proxy.transports.app_keys import GATEWAY
+from proxy.transports.app_keys import GATEWAY, RELOADER
 from proxy.transports.authentication import WELL_KNOWN, handle_protected_resource
 from proxy.transports.http import HTTP_SESSIONS, HttpSessions, handle_delete, handle_get, handle_post
 from proxy.transports.websocket import OPEN_SOCKETS, close_open_sockets
@@ -113,10 +114,15 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", handle_metrics)
     add_admin_routes(app, gateway)
 
+    app[RELOADER] = Reloader(gateway)
+    watcher = ConfigWatcher(app[RELOADER], gateway.config.reload.watch_seconds)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
         app[HTTP_SESSIONS].start_sweeping()
+        watcher.start()
         yield
+        await watcher.stop()
         await app[HTTP_SESSIONS].stop()
         await gateway.stop()
 

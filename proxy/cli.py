@@ -19,7 +19,9 @@ from proxy.app import build_app
 from proxy.errors import ConfigError
 from proxy.gateway import Gateway
 from proxy.plugin_loader import build_plugins, plugin_options
+from proxy.reload import Reloader
 from proxy.status import UNREACHABLE, run_status
+from proxy.transports.app_keys import RELOADER
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "portico.yaml"
 log = logging.getLogger("portico")
@@ -183,6 +185,9 @@ async def _serve(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: read the config file again and apply its backends, as operators expect of a daemon.
+    reloads: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGHUP, _reload_soon, app[RELOADER], reloads)
     try:
         await stop.wait()
     finally:
@@ -193,6 +198,12 @@ async def _serve(gateway: Gateway) -> None:
             listen.drain_seconds,
         )
         await runner.cleanup()
+
+
+def _reload_soon(reloader: Reloader, running: set[asyncio.Task[None]]) -> None:
+    task = asyncio.get_running_loop().create_task(reloader.reload_logged("SIGHUP"))
+    running.add(task)
+    task.add_done_callback(running.discard)
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -353,6 +353,13 @@ class AdminConfig(_Strict):
     allow_anonymous_admin: bool = False
 
 
+class ReloadConfig(_Strict):
+    """Hot reload (``proxy.reload``): the file is looked at every ``watch_seconds`` (0: only on SIGHUP
+    and ``POST /admin/reload``), and its backends applied when it changed."""
+
+    watch_seconds: float = Field(1.0, ge=0)
+
+
 class TracingConfig(_Strict):
     """OpenTelemetry tracing (``proxy.tracing``): a span per client request, per plugin, per backend call.
 
@@ -392,6 +399,7 @@ class GatewayConfig(_Strict):
     mcpServers: dict[str, BackendConfig] = Field(default_factory=dict)
     virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
+    reload: ReloadConfig = ReloadConfig()
     plugins: tuple[PluginEntry, ...] = ()
     # Where the file was read from; resolves relative ``cwd`` values. Not part of the file.
     source: str = Field("<memory>", exclude=True)

@@ -70,7 +70,12 @@ async def start_admin(
         {"name": "audit", "options": {"file": str(audit_file)}},
         {"name": "auth", "options": auth_options(tmp_path)},
     ]
-    settings: dict[str, Any] = {"mcpServers": {"first": COUNTING}, "plugins": plugins}
+    # The tests drive reloads themselves; the file watcher would race them.
+    settings: dict[str, Any] = {
+        "mcpServers": {"first": COUNTING},
+        "plugins": plugins,
+        "reload": {"watch_seconds": 0},
+    }
     if admin is not None:
         settings["admin"] = admin
     return Admin(await start_gateway(settings), audit_file)
