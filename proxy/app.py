@@ -123,6 +123,7 @@ def build_app(gateway: Gateway) -> web.Application:
         watcher.start()
         yield
         await watcher.stop()
+        await app[RELOADER].close()
         await app[HTTP_SESSIONS].stop()
         await gateway.stop()
 

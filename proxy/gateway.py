@@ -166,23 +166,22 @@ class Gateway:
             self.end_session(session)
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
-        await self._close_plugins()
+        await close_plugins(self.plugins)
         await self.tracing.close()
         if self._http is not None:
             await self._http.close()
 
-    async def _close_plugins(self) -> None:
-        """Plugins that hold connections or files (Redis, SQLite) release them: ``close()``, sync or async."""
-        for named in self.plugins:
-            close = getattr(named.plugin, "close", None)
-            if not callable(close):
-                continue
-            try:
-                outcome = close()
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                log.exception("plugin %s failed to close", named.name)
+    def replace_plugins(self, plugins: list[NamedPlugin]) -> list[NamedPlugin]:
+        """Put a new chain in force (a reload changed the plugins or their options) and return the old
+        plugins, for the caller to close once nothing uses them. Messages already on their way finish on
+        the chain they started on; the next one takes the new chain. Sessions stay as they are."""
+        old = self.plugins
+        self.plugins = plugins
+        self.authenticator = authenticator_of(plugins)
+        self.observers = observers_of(plugins)
+        self.to_backend = Chain(plugins, self._to_backend, self.tracing.plugin_observer())
+        self.to_client = Chain(plugins, self._to_client, self.tracing.plugin_observer())
+        return old
 
     # -- sessions ---------------------------------------------------------------------------------------
 
@@ -502,6 +501,20 @@ class Gateway:
         self._rebuild_and_announce()
         await backend.stop()
         log.info("backend %s deregistered at run time", name)
+
+
+async def close_plugins(plugins: list[NamedPlugin]) -> None:
+    """Plugins that hold connections or files (Redis, SQLite) release them: ``close()``, sync or async."""
+    for named in plugins:
+        close = getattr(named.plugin, "close", None)
+        if not callable(close):
+            continue
+        try:
+            outcome = close()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("plugin %s failed to close", named.name)
 
 
 def _asked_timeout(message: Message) -> float | None:

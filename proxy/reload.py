@@ -4,8 +4,11 @@ Three things ask for it: a change of the file (``ConfigWatcher`` looks at its mo
 every ``reload.watch_seconds``), SIGHUP, and ``POST /admin/reload``. A file that does not load keeps the
 running config and is logged with its reason. What changes is ``mcpServers``: backends the file no longer
 has, or has changed, are stopped; new and changed ones are started; sessions are never dropped, and a
-session's calls to an untouched backend never notice. Other sections (listen, plugins, virtual servers)
-take effect after a restart, and a reload that sees them changed says so.
+session's calls to an untouched backend never notice. A changed ``plugins`` list (plugins added, removed,
+reordered, or with other options) is built anew and put in force for the next message; the old plugins
+are closed once the calls in flight at the switch have ended (their state, such as cache entries, starts
+afresh). Other sections (listen, virtual servers, ...) take effect after a restart, and a reload that
+sees them changed says so.
 """
 
 from __future__ import annotations
@@ -16,18 +19,22 @@ import logging
 import os
 from typing import Any
 
+from proxy.chain import NamedPlugin
 from proxy.config import GatewayConfig, load
 from proxy.errors import BackendUnavailable, ConfigError
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, close_plugins
+from proxy.plugin_loader import build_plugins
 
 log = logging.getLogger("portico.reload")
+
+# How long retired plugins wait for the calls that were in flight when the chain was replaced.
+_RETIRE_SECONDS = 60.0
 
 _RESTART_SECTIONS = (
     "listen",
     "namespacing",
     "request_state",
     "virtual_servers",
-    "plugins",
     "tracing",
     "admin",
 )
@@ -39,6 +46,7 @@ class Reloader:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def source(self) -> str | None:
@@ -51,7 +59,12 @@ class Reloader:
             raise ConfigError("the gateway was not started from a config file, so there is nothing to reload")
         fresh = await asyncio.to_thread(load, self.source)
         async with self._lock:
+            # Built before anything changes: a plugin that cannot be built leaves all as it was.
+            plugins = build_plugins(fresh) if fresh.plugins != self.gateway.config.plugins else None
             outcome = await apply_backends(self.gateway, fresh)
+            outcome["plugins_replaced"] = plugins is not None
+            if plugins is not None:
+                self._put_in_force(plugins, fresh)
         outcome["restart_needed"] = [
             section
             for section in _RESTART_SECTIONS
@@ -59,6 +72,28 @@ class Reloader:
         ]
         log.info("config reloaded from %s: %s", self.source, outcome)
         return outcome
+
+    def _put_in_force(self, plugins: list[NamedPlugin], fresh: GatewayConfig) -> None:
+        old = self.gateway.replace_plugins(plugins)
+        self.gateway.config = self.gateway.config.model_copy(update={"plugins": fresh.plugins})
+        task = asyncio.get_running_loop().create_task(self._retire(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, plugins: list[NamedPlugin]) -> None:
+        # Calls in flight at the switch may still be inside the old plugins: let them end first.
+        try:
+            await self.gateway.drain(_RETIRE_SECONDS)
+        finally:
+            # Also when the gateway stops meanwhile (close() cancels this): they are closed either way.
+            await asyncio.shield(close_plugins(plugins))
+
+    async def close(self) -> None:
+        """The gateway stops: retired plugins still waiting are closed now."""
+        tasks = list(self._retiring)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reload_logged(self, why: str) -> None:
         """A reload nobody waits for (a signal, a file change): problems are logged, never raised."""

@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.errors import ConfigError
+from proxy.transports.app_keys import RELOADER
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.gateway_process import serve_gateway
 from tests.rawclient import RawClient
@@ -95,3 +97,26 @@ async def test_sighup_reloads_a_running_gateway(tmp_path: Path) -> None:
                 await client.wait_notification(LIST_CHANGED)
             finally:
                 await client.close()
+
+
+GITHUB_TOKEN = "ghp_" + "ReloadCanary0123456789abcdefghijklmn"
+
+
+async def test_a_changed_plugin_chain_takes_effect_for_the_next_message(start_gateway: StartGateway) -> None:
+    """Adding the redact plugin to the file: the session opened before goes on, and its next call is
+    redacted; a plugin that cannot be built leaves everything as it was."""
+    gw = await start_gateway({"mcpServers": {"a": COUNTING}, "reload": {"watch_seconds": 0}})
+    client = await gw.client()
+    call = {"name": "a_upsert", "arguments": {"key": "k", "value": GITHUB_TOKEN}}
+    assert GITHUB_TOKEN in (await client.call("tools/call", call))["content"][0]["text"]
+    reloader = gw.server.app[RELOADER]
+    rewrite(gw, {"plugins": [{"name": "redact"}]})
+    outcome = await reloader.reload()
+    assert outcome["plugins_replaced"] is True and outcome["added"] == []
+    text = (await client.call("tools/call", call))["content"][0]["text"]
+    assert GITHUB_TOKEN not in text and "[REDACTED:github_token]" in text
+    # A plugin that cannot be built: the running chain (and the backends) stay as they are.
+    rewrite(gw, {"plugins": [{"name": "redact", "options": {"no_such_option": 1}}], "mcpServers": {}})
+    with pytest.raises(ConfigError):
+        await reloader.reload()
+    assert [p.name for p in gw.gateway.plugins] == ["redact"] and "a" in gw.gateway.backends
