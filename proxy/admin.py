@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from proxy.backend import Backend
 from proxy.backend_pool import BackendPool
 from proxy.chain import Principal
-from proxy.config import AdminConfig, GatewayConfig, StdioBackendConfig
+from proxy.config import AdminConfig, GatewayConfig, StdioBackendConfig, validation_problems
 from proxy.errors import BackendUnavailable, ConfigError, Unauthenticated
 from proxy.gateway import Gateway
 from proxy.session import Session
@@ -188,7 +188,7 @@ async def register_backend(request: web.Request, gateway: Gateway) -> web.Respon
     try:
         config = GatewayConfig.model_validate({"mcpServers": {name: entry}}).mcpServers[name]
     except ValidationError as exc:
-        return _error(400, describe_invalid(exc))
+        return _error(400, "\n".join(validation_problems(exc)))
     if config.disabled:
         return _error(400, f"mcpServers.{name}.disabled: a disabled backend cannot be registered")
     if name in gateway.backends:
@@ -211,21 +211,6 @@ async def deregister_backend(request: web.Request, gateway: Gateway) -> web.Resp
     except KeyError:
         return _error(404, f"no backend named {name!r}")
     return web.json_response({"removed": name})
-
-
-def describe_invalid(exc: ValidationError) -> str:
-    """pydantic's findings as ``key.path: message`` lines, as ``portico check`` words them."""
-    lines = []
-    for problem in exc.errors():
-        # Drop pydantic's union member tag ("stdio" / "remote") that follows the backend's name.
-        loc = [str(p) for i, p in enumerate(problem["loc"]) if not (i == 2 and p in ("stdio", "remote"))]
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif problem["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"{'.'.join(loc) or '(top level)'}: {message}")
-    return "\n".join(dict.fromkeys(lines))
 
 
 # -- sessions -------------------------------------------------------------------------------------------

@@ -473,6 +473,12 @@ def parse(text: str, *, source: str = "<memory>") -> GatewayConfig:
 
 
 def _describe(exc: ValidationError, source: str) -> str:
+    return "\n".join(f"{source}: {line}" for line in validation_problems(exc))
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """pydantic's findings about a config as ``key.path: message`` lines, in the operator's words (also
+    for backends registered through the admin API)."""
     lines = []
     for problem in exc.errors():
         path = _key_path(_without_union_tag(problem["loc"]))
@@ -481,8 +487,8 @@ def _describe(exc: ValidationError, source: str) -> str:
             message = "unknown key"
         elif problem["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{source}: {path or '(top level)'}: {message}")
-    return "\n".join(dict.fromkeys(lines))
+        lines.append(f"{path or '(top level)'}: {message}")
+    return list(dict.fromkeys(lines))
 
 
 def _key_path(parts: Iterable[int | str]) -> str:
