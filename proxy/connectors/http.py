@@ -25,12 +25,11 @@ import aiohttp
 import orjson
 
 from proxy import eras, jsonrpc, param_headers
-from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
 from proxy.connectors.remote import RemoteConnector
 from proxy.connectors.sse import SseConnector
 from proxy.connectors.sse_events import read_events
-from proxy.credentials import REFUSED, BackendCredentials, send_with_credentials
+from proxy.credentials import REFUSED, send_with_credentials
 from proxy.errors import BackendUnavailable, ErrorCode
 
 _CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -41,14 +40,7 @@ _RECONNECT_SECONDS = 1.0
 class StreamableHttpConnector(RemoteConnector):
     transport = "streamable-http"
 
-    def __init__(
-        self,
-        backend: str,
-        config: RemoteBackendConfig,
-        http: aiohttp.ClientSession,
-        credentials: BackendCredentials | None = None,
-    ) -> None:
-        super().__init__(backend, config, http, credentials)
+    def _start_state(self) -> None:
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._initialize_id: Any = None

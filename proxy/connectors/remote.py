@@ -25,3 +25,7 @@ class RemoteConnector(Connector):
         self.http = http
         # One provider per backend and gateway, so every link to the backend shares its token.
         self.credentials = credentials or credentials_for(backend, config, http)
+        self._start_state()
+
+    def _start_state(self) -> None:
+        """Set up the transport's own state, before any connection (each transport has its own)."""

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 from yarl import URL
 
-from proxy.config import RemoteBackendConfig
 from proxy.connectors.remote import RemoteConnector
 from proxy.connectors.sse_events import SseEvent, read_events
-from proxy.credentials import REFUSED, BackendCredentials, send_with_credentials
+from proxy.credentials import REFUSED, send_with_credentials
 from proxy.errors import BackendUnavailable
 
 _CONNECT = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -27,14 +26,7 @@ _ENDPOINT_SECONDS = 10.0
 class SseConnector(RemoteConnector):
     transport = "sse"
 
-    def __init__(
-        self,
-        backend: str,
-        config: RemoteBackendConfig,
-        http: aiohttp.ClientSession,
-        credentials: BackendCredentials | None = None,
-    ) -> None:
-        super().__init__(backend, config, http, credentials)
+    def _start_state(self) -> None:
         self.endpoint: URL | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -11,9 +11,8 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from proxy.config import RemoteBackendConfig
 from proxy.connectors.remote import RemoteConnector
-from proxy.credentials import REFUSED, BackendCredentials
+from proxy.credentials import REFUSED
 from proxy.errors import BackendUnavailable
 
 _CONNECT_TIMEOUT_SECONDS = 10.0
@@ -23,14 +22,7 @@ _HEARTBEAT_SECONDS = 20.0
 class WebSocketConnector(RemoteConnector):
     transport = "websocket"
 
-    def __init__(
-        self,
-        backend: str,
-        config: RemoteBackendConfig,
-        http: aiohttp.ClientSession,
-        credentials: BackendCredentials | None = None,
-    ) -> None:
-        super().__init__(backend, config, http, credentials)
+    def _start_state(self) -> None:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
