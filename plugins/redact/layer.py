@@ -65,8 +65,8 @@ class Redact:
             return None
         if ctx.direction is Direction.TO_BACKEND and "id" in message and "method" in message:
             # What an audit record further out may show of a client's request: what went on, never what
-            # came in. Its params are copied because the backend sets progress tokens in them in place.
-            ctx.set(REDACTED_REQUEST, _as_forwarded(outgoing))
+            # came in. (No copy: the gateway never changes a message in place; the forwarder copies.)
+            ctx.set(REDACTED_REQUEST, outgoing)
         reply = await call_next(ctx, outgoing)
         if reply is None:
             return None
@@ -117,11 +117,6 @@ class Redact:
         if log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{name}={count}" for name, count in sorted(counts.items()))
             log.debug("redacted %s %s (%s): %s", ctx.method, what, ctx.direction.value, summary)
-
-
-def _as_forwarded(message: Message) -> Message:
-    params = message.get("params")
-    return {**message, "params": dict(params)} if isinstance(params, dict) else dict(message)
 
 
 def build_detectors(options: RedactOptions) -> list[Detector]:
