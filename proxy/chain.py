@@ -302,6 +302,18 @@ def authenticator_of(plugins: Sequence[NamedPlugin]) -> Authenticator | None:
 PluginObserver = Callable[[str, Handler], Handler]
 
 
+@dataclass(frozen=True, slots=True)
+class PluginCounter:
+    """A counter a plugin reports for ``/metrics`` (exposed as ``portico_<name>_total``): its value for
+    each combination of ``labels`` values. A plugin reports them from an optional ``metrics()`` method,
+    read when Prometheus scrapes; instances reporting the same name are summed."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: Mapping[tuple[str, ...], float] = field(default_factory=dict)
+
+
 class PluginFailure(PorticoError):
     """A plugin raised something that is not a ``PorticoError``: a bug, reported as an internal error."""
 

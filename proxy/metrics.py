@@ -45,7 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.chain import Context, Route
+from proxy.chain import Context, PluginCounter, Route
 from proxy.errors import ErrorCode
 from proxy.jsonrpc import Message
 
@@ -259,72 +259,28 @@ def _session_families(gateway: Gateway) -> Iterator[Metric]:
     yield family
 
 
-# -- the bundled plugins' own counters ----------------------------------------------------------------------
-
-
-def _cache_families(plugins: list[Any]) -> Iterator[Metric]:
-    family = CounterMetricFamily(
-        "portico_cache_events",
-        "Cache plugin events: hits, misses, stores, errors, evictions.",
-        labels=("event",),
-    )
-    for event, count in sorted(_summed(plugins, "counters").items()):
-        family.add_metric((event,), float(count))
-    yield family
-
-
-def _dedup_families(plugins: list[Any]) -> Iterator[Metric]:
-    shared = _summed(plugins, "counts").get("shared", 0)
-    yield CounterMetricFamily(
-        "portico_dedup_shared", "Requests answered by an identical call already running.", value=shared
-    )
-
-
-def _ratelimit_families(plugins: list[Any]) -> Iterator[Metric]:
-    limited = _summed(plugins, "counts").get("limited", 0)
-    yield CounterMetricFamily("portico_ratelimit_limited", "Requests refused by a rate limit.", value=limited)
-
-
-def _redact_families(plugins: list[Any]) -> Iterator[Metric]:
-    family = CounterMetricFamily(
-        "portico_redactions", "Values replaced (or blocked) by the redact plugin.", labels=("detector",)
-    )
-    for detector, count in sorted(_summed(plugins, "counts").items()):
-        family.add_metric((detector,), float(count))
-    yield family
-
-
-# The bundled plugins' packages, and how their counters become metrics. Matched by the class's module, so
-# the config may name a plugin any way it likes (``cache``, ``plugins.cache``, an entry point).
-PLUGIN_EXPORTS: dict[str, Callable[[list[Any]], Iterator[Metric]]] = {
-    "plugins.cache": _cache_families,
-    "plugins.dedup": _dedup_families,
-    "plugins.ratelimit": _ratelimit_families,
-    "plugins.redact": _redact_families,
-}
+# -- the plugins' own counters ------------------------------------------------------------------------------
 
 
 def plugin_families(plugins: Iterable[object]) -> Iterator[Metric]:
-    """The metric families of the bundled plugins among ``plugins`` (several of one kind are summed)."""
-    found: dict[str, list[Any]] = {}
+    """The counters plugins report (``metrics()``, see ``proxy.chain.PluginCounter``); several plugins
+    reporting one name are summed."""
+    merged: dict[str, tuple[PluginCounter, Tally[tuple[str, ...]]]] = {}
     for plugin in plugins:
-        module = type(plugin).__module__
-        for package in PLUGIN_EXPORTS:
-            if module == package or module.startswith(package + "."):
-                found.setdefault(package, []).append(plugin)
-    for package, instances in found.items():
-        yield from PLUGIN_EXPORTS[package](instances)
-
-
-def _summed(plugins: list[Any], method: str) -> Tally[str]:
-    total: Tally[str] = Tally()
-    for plugin in plugins:
-        read = getattr(plugin, method, None)
-        if not callable(read):
+        report = getattr(plugin, "metrics", None)
+        if not callable(report):
             continue
         try:
-            total.update(read())
+            counters: list[PluginCounter] = list(report())
         except Exception:
             # A scrape must not fail for one plugin's bug; its counts are missing until it is fixed.
-            log.exception("plugin %s failed to report its counts", type(plugin).__name__)
-    return total
+            log.exception("plugin %s failed to report its counters", type(plugin).__name__)
+            continue
+        for counter in counters:
+            _, samples = merged.setdefault(counter.name, (counter, Tally()))
+            samples.update(counter.samples)
+    for name, (first, samples) in merged.items():
+        family = CounterMetricFamily(f"portico_{name}", first.help, labels=first.labels)
+        for labels, value in samples.items():
+            family.add_metric(labels, float(value))
+        yield family

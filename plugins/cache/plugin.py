@@ -22,7 +22,7 @@ from plugins.cache.rules import (
 )
 from plugins.cache.store import MemoryStore, RedisStore, Store
 from proxy import jsonrpc
-from proxy.chain import POLICY_VERSION, Context, Direction, Handler, Route
+from proxy.chain import POLICY_VERSION, Context, Direction, Handler, PluginCounter, Route
 from proxy.jsonrpc import Message
 
 log = logging.getLogger("portico.cache")
@@ -59,6 +59,13 @@ class Cache:
         """hits, misses, stores, evictions (memory bounds only) and errors (store failures) so far."""
         names = ("hits", "misses", "stores", "errors")
         return {**{name: self._counts[name] for name in names}, "evictions": self.store.evictions}
+
+    def metrics(self) -> list[PluginCounter]:
+        events: dict[tuple[str, ...], float] = {
+            (event,): float(count) for event, count in sorted(self.counters().items())
+        }
+        help_text = "Cache plugin events: hits, misses, stores, errors, evictions."
+        return [PluginCounter("cache_events", help_text, ("event",), events)]
 
     async def close(self) -> None:
         """Let go of the store (Redis connections)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from plugins.dedup.identity import DedupOptions, RequestIdentity
 from proxy import jsonrpc
-from proxy.chain import Context, Handler
+from proxy.chain import Context, Handler, PluginCounter
 from proxy.errors import BackendError, PorticoError
 from proxy.jsonrpc import Message, RequestId
 
@@ -42,6 +42,10 @@ class Dedup:
         """``calls``: requests that could be shared; ``shared``: those answered by another's call;
         ``in_flight``: shared calls running now."""
         return {"calls": self._calls, "shared": self._shared, "in_flight": len(self._groups)}
+
+    def metrics(self) -> list[PluginCounter]:
+        help_text = "Requests answered by an identical call already running."
+        return [PluginCounter("dedup_shared", help_text, samples={(): float(self._shared)})]
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
         identity = self._identity.of(ctx, message)

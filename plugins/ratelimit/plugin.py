@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 from plugins.ratelimit.buckets import Draw, MemoryBuckets, Verdict
 from plugins.ratelimit.options import Limit, RateLimitOptions
 from plugins.ratelimit.redis_buckets import RedisBuckets, RedisUnavailable
-from proxy.chain import Context, Direction, Handler, Principal, Route
+from proxy.chain import Context, Direction, Handler, PluginCounter, Principal, Route
 from proxy.errors import RateLimited
 from proxy.jsonrpc import Message
 
@@ -52,6 +52,10 @@ class RateLimit:
         """Requests let through and refused so far (refusals because Redis failed included), and Redis
         failures (whatever ``on_redis_error`` then decided)."""
         return {"allowed": self._allowed, "limited": self._limited, "store_errors": self._store_errors}
+
+    def metrics(self) -> list[PluginCounter]:
+        limited: dict[tuple[str, ...], float] = {(): float(self._limited)}
+        return [PluginCounter("ratelimit_limited", "Requests refused by a rate limit.", samples=limited)]
 
     async def close(self) -> None:
         """Close the Redis connections, if any (in-memory buckets need nothing); the gateway calls it

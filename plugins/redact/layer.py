@@ -13,7 +13,7 @@ from plugins.redact.detectors import BUILTIN, Detector
 from plugins.redact.options import RedactOptions
 from plugins.redact.redactor import Blocked, Redactor
 from proxy import jsonrpc
-from proxy.chain import REDACTED_REQUEST, REDACTIONS, Context, Direction, Handler
+from proxy.chain import REDACTED_REQUEST, REDACTIONS, Context, Direction, Handler, PluginCounter
 from proxy.errors import ErrorCode, Rejection
 from proxy.jsonrpc import Message
 
@@ -53,6 +53,13 @@ class Redact:
     def counts(self) -> dict[str, int]:
         """Replacements (and blocks) per detector since the plugin started."""
         return dict(self._totals)
+
+    def metrics(self) -> list[PluginCounter]:
+        found: dict[tuple[str, ...], float] = {
+            (detector,): float(count) for detector, count in sorted(self._totals.items())
+        }
+        help_text = "Values replaced (or blocked) by the redact plugin."
+        return [PluginCounter("redactions", help_text, ("detector",), found)]
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
         try:
