@@ -384,6 +384,8 @@ class Session:
     def authenticated(self, principal: Principal) -> None:
         """Bind the session to the principal its transport authenticated (again, on HTTP, with every
         request). A session never outlives its credential: it ends when ``valid_until`` passes."""
+        if principal is self.principal and (self._expiry is not None or principal.valid_until is None):
+            return  # the same credential again (verified tokens are cached): its timer already runs
         self.principal = principal
         if self._expiry is not None:
             self._expiry.cancel()
