@@ -11,17 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 from types import TracebackType
 
+from tests.ports import free_port
+
 READY_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from proxy.credentials import ClientCredentials, credentials_for
 from proxy.errors import BackendUnavailable, ConfigError
 from tests.conftest import OAUTH_CLIENT_SECRET, StartGateway, everything, listening_fixture
 from tests.fixtures.oauth_server import OAuthServer
+from tests.ports import free_port
 from tests.rawclient import RawClient
 from tests.test_aggregation import text_of
 from tests.test_bidirectional import call
@@ -244,14 +244,6 @@ async def test_backends_that_fail_to_start_log_no_secret(
     assert len(failures) == 3, failures
     assert any("token endpoint" in f and "unreachable" in f for f in failures), failures
     assert_never_shown(caplog.text, CLIENT_SECRET, HEADER_SECRET, ENV_SECRET)
-
-
-def free_port() -> int:
-    """A port nobody listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 # -- client credentials, end to end ----------------------------------------------------------------------

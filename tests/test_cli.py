@@ -21,6 +21,7 @@ import yaml
 
 from proxy import __version__
 from tests.conftest import everything
+from tests.ports import free_port
 from tests.rawclient import RawClient
 
 PORTICO_SCRIPT = Path(sys.executable).parent / "portico"
@@ -68,12 +69,6 @@ def kill_tagged(tag: str) -> None:
     for pid in processes_tagged(tag):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Served:

@@ -15,8 +15,9 @@ from proxy.chain import ANONYMOUS, Principal, Route
 from proxy.errors import ConfigError
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.header_auth import HEADER_AUTH
+from tests.ports import free_port
 from tests.rawclient import RawClient, RpcError
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 from tests.test_http_transport import endpoint, tool_call
 from tests.test_modern_era import modern_post
 from tests.test_modern_era import request as modern_request
