@@ -183,7 +183,7 @@ def require_capabilities(ctx: Context, questions: Mapping[str, types.InputReques
 
 async def ask(
     ctx: Context,
-    responses: Mapping[str, types.InputResponse] | None,
+    params: types.CallToolRequestParams,
     questions: Mapping[str, types.InputRequest],
     *,
     request_state: str | None = None,
@@ -193,11 +193,14 @@ async def ask(
     Modern era: answers come in the retried request's ``inputResponses``; any question still
     unanswered is asked (again) with an ``InputRequiredResult``, never an error, and unknown
     extra answers are ignored (input-required-result-missing-input-response, -ignore-extra-params).
+    A retry must echo the ``request_state`` its round minted, if it minted one.
     Handshake era: the questions are server-to-client requests on this call's back-channel.
     """
     require_capabilities(ctx, questions)
     if is_modern(ctx):
-        given = responses or {}
+        given = params.input_responses or {}
+        if given and request_state is not None:
+            check_state(params.request_state, request_state)
         missing = {key: question for key, question in questions.items() if key not in given}
         if missing:
             return types.InputRequiredResult(input_requests=missing, request_state=request_state)
@@ -567,7 +570,7 @@ class Fixture:
 
     async def sampling(self, ctx: Context, params: types.CallToolRequestParams) -> ToolOutcome:
         prompt = str((params.arguments or {}).get("prompt", ""))
-        answers = await ask(ctx, params.input_responses, {"llm": sampling(prompt, 100)})
+        answers = await ask(ctx, params, {"llm": sampling(prompt, 100)})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"LLM response: {describe(answers['llm'])}")])
@@ -582,7 +585,7 @@ class Fixture:
             },
             "required": ["username", "email"],
         }
-        answers = await ask(ctx, params.input_responses, {"user_info": elicitation(message, schema)})
+        answers = await ask(ctx, params, {"user_info": elicitation(message, schema)})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"User response: {describe(answers['user_info'])}")])
@@ -637,7 +640,7 @@ class Fixture:
     async def _elicit_and_report(
         self, ctx: Context, params: types.CallToolRequestParams, message: str, schema: dict[str, Any]
     ) -> ToolOutcome:
-        answers = await ask(ctx, params.input_responses, {"form": elicitation(message, schema)})
+        answers = await ask(ctx, params, {"form": elicitation(message, schema)})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"Elicitation completed: {describe(answers['form'])}")])
@@ -660,7 +663,7 @@ class Fixture:
 
     async def missing_capability(self, ctx: Context, params: types.CallToolRequestParams) -> ToolOutcome:
         """Needs sampling: without the capability, :func:`ask` refuses with -32021."""
-        answers = await ask(ctx, params.input_responses, {"summary": sampling("Summarise the weather", 50)})
+        answers = await ask(ctx, params, {"summary": sampling("Summarise the weather", 50)})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"Sampled: {describe(answers['summary'])}")])
@@ -668,7 +671,7 @@ class Fixture:
     async def streaming_elicitation(self, ctx: Context, params: types.CallToolRequestParams) -> ToolOutcome:
         """Asks mid-call; on a modern stream that must be an InputRequiredResult, not a request."""
         question = elicitation("What should the tool stream next?", string_form("next"))
-        answers = await ask(ctx, params.input_responses, {"next": question})
+        answers = await ask(ctx, params, {"next": question})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"Streaming with {describe(answers['next'])}")])
@@ -695,14 +698,14 @@ class Fixture:
 
     async def mrtr_elicitation(self, ctx: Context, params: types.CallToolRequestParams) -> ToolOutcome:
         question = elicitation("What is your name?", string_form("name"))
-        answers = await ask(ctx, params.input_responses, {"user_name": question})
+        answers = await ask(ctx, params, {"user_name": question})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"Hello, {elicited(answers['user_name'], 'name')}!")])
 
     async def mrtr_sampling(self, ctx: Context, params: types.CallToolRequestParams) -> ToolOutcome:
         question = sampling("What is the capital of France?", 100)
-        answers = await ask(ctx, params.input_responses, {"capital_question": question})
+        answers = await ask(ctx, params, {"capital_question": question})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(
@@ -710,7 +713,7 @@ class Fixture:
         )
 
     async def mrtr_list_roots(self, ctx: Context, params: types.CallToolRequestParams) -> ToolOutcome:
-        answers = await ask(ctx, params.input_responses, {"client_roots": roots_request()})
+        answers = await ask(ctx, params, {"client_roots": roots_request()})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"The client has {describe(answers['client_roots'])}")])
@@ -719,9 +722,7 @@ class Fixture:
         """Round 2 must echo the state round 1 minted; the reply says "state-ok" once it did."""
         state = "confirm-round-1"
         question = {"confirm": elicitation("Please confirm", CONFIRM_FORM)}
-        if is_modern(ctx) and params.input_responses:
-            check_state(params.request_state, state)
-        answers = await ask(ctx, params.input_responses, question, request_state=state)
+        answers = await ask(ctx, params, question, request_state=state)
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"state-ok: {describe(answers['confirm'])}")])
@@ -733,9 +734,7 @@ class Fixture:
             "greeting": sampling("Generate a greeting", 50),
             "client_roots": roots_request(),
         }
-        if is_modern(ctx) and params.input_responses:
-            check_state(params.request_state, state)
-        answers = await ask(ctx, params.input_responses, questions, request_state=state)
+        answers = await ask(ctx, params, questions, request_state=state)
         if isinstance(answers, types.InputRequiredResult):
             return answers
         summary = "; ".join(f"{key}: {describe(answer)}" for key, answer in answers.items())
@@ -768,9 +767,7 @@ class Fixture:
         """Like the request-state tool; a tampered echo never gets here (the boundary refuses it)."""
         state = "integrity-protected"
         question = {"confirm": elicitation("Please confirm", CONFIRM_FORM)}
-        if is_modern(ctx) and params.input_responses:
-            check_state(params.request_state, state)
-        answers = await ask(ctx, params.input_responses, question, request_state=state)
+        answers = await ask(ctx, params, question, request_state=state)
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.CallToolResult(content=[text(f"State verified: {describe(answers['confirm'])}")])
@@ -783,7 +780,7 @@ class Fixture:
             "client_roots": roots_request(),
         }
         answerable = {key: question for key, question in wanted.items() if client_can_answer(ctx, question)}
-        answers = await ask(ctx, params.input_responses, answerable)
+        answers = await ask(ctx, params, answerable)
         if isinstance(answers, types.InputRequiredResult):
             return answers
         summary = (
@@ -936,7 +933,7 @@ class Fixture:
         self, ctx: Context, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
         question = elicitation("What context should the prompt use?", string_form("context"))
-        answers = await ask(ctx, params.input_responses, {"user_context": question})
+        answers = await ask(ctx, params, {"user_context": question})
         if isinstance(answers, types.InputRequiredResult):
             return answers
         return types.GetPromptResult(
