@@ -4,7 +4,9 @@ Each gateway owns its ``TracerProvider`` (never the process-wide one), so one pr
 gateways, each with its own exporter. A client joins its own trace by sending a W3C ``traceparent``:
 in ``params._meta.traceparent`` (any transport), or as the HTTP header of the request that carries the
 message (Streamable HTTP, HTTP+SSE). The gateway passes its backend span on to the backend in the
-forwarded request's ``params._meta.traceparent``, so the backend's spans join the same trace.
+forwarded request's ``params._meta.traceparent`` and, toward HTTP backends, also in the ``traceparent``
+header of the POST carrying it (``proxy.connectors.remote.trace_headers``), so the backend's spans join
+the same trace.
 
 Spans carry names and outcomes only (method, backend, tool, request id, error code): never arguments or
 results, which may hold secrets. When tracing is off nothing here runs: the chain is built without

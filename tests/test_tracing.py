@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from proxy import config
 from proxy.errors import ConfigError
 from proxy.tracing import Tracing, with_trace_context
-from tests.conftest import RunningGateway, StartGateway, fixture_server
+from tests.conftest import RunningGateway, StartGateway, fixture_server, listening_fixture
 
 # A client's own trace, as a W3C traceparent: version 00, trace id, parent span id, sampled.
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -211,6 +211,31 @@ async def test_a_meta_traceparent_over_websocket_joins_the_clients_trace_and_is_
     trace_id, span_id = traceparent_fields(forwarded["traceparent"])
     assert trace_id == CLIENT_TRACE
     assert int(span_id, 16) == named(found, "backend tools/call").context.span_id
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_an_http_backend_gets_the_backend_span_in_the_traceparent_header_too(
+    start_gateway: StartGateway, tmp_path: Path, transport: str
+) -> None:
+    record = tmp_path / "headers.jsonl"
+    args = ("--transport", transport, "--record-headers", str(record))
+    async with listening_fixture("http_backend.py", *args) as (url, _):
+        backend = {"url": url, "type": transport, "era": "legacy"}
+        gw = await start_gateway({"mcpServers": {"h": backend}, "tracing": {"enabled": True}})
+        spans = InMemorySpanExporter()
+        gw.gateway.tracing.add_exporter(spans)
+        client = await gw.client()
+        meta = {"traceparent": CLIENT_TRACEPARENT}
+        await client.call("tools/call", {"name": "h_echo", "arguments": {"text": "hi"}, "_meta": meta})
+
+    backend_span = named(trace_of(spans, "tools/call"), "backend tools/call")
+    received = [json.loads(line) for line in record.read_text().splitlines()]
+    # Only the traced request carries one (the gateway's own handshake and list requests are not traced).
+    (traced,) = [r for r in received if r["traceparent"] is not None]
+    assert traced["method"] == "POST"
+    trace_id, span_id = traceparent_fields(traced["traceparent"])
+    assert trace_id == CLIENT_TRACE
+    assert int(span_id, 16) == backend_span.context.span_id
 
 
 async def test_a_malformed_traceparent_starts_a_new_trace_and_the_call_still_works(

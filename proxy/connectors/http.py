@@ -26,7 +26,7 @@ import orjson
 
 from proxy import eras, jsonrpc, param_headers
 from proxy.connectors.base import Connector
-from proxy.connectors.remote import RemoteConnector
+from proxy.connectors.remote import RemoteConnector, trace_headers
 from proxy.connectors.sse import SseConnector
 from proxy.connectors.sse_events import read_events
 from proxy.credentials import REFUSED, send_with_credentials
@@ -73,6 +73,8 @@ class StreamableHttpConnector(RemoteConnector):
 
     def _headers(self, accept: str, message: dict[str, Any] | None = None) -> dict[str, str]:
         headers = {"Accept": accept}
+        if message is not None:
+            headers |= trace_headers(message)
         if message is not None and eras.is_modern(message):
             headers |= eras.request_headers(message)
             params = jsonrpc.params_of(message)

@@ -3,11 +3,39 @@ credentials it shows the backend (see ``proxy.credentials``)."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import aiohttp
 
 from proxy.config import RemoteBackendConfig
 from proxy.connectors.base import Connector
 from proxy.credentials import BackendCredentials, credentials_for
+
+# W3C Trace Context: version 00's shape, and a tracestate bounded as the recommendation says (512 chars).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
+
+
+def trace_headers(message: Any) -> dict[str, str]:
+    """The W3C ``traceparent``/``tracestate`` HTTP headers for a message whose ``params._meta`` carries them.
+
+    The gateway's tracing writes its backend span into the forwarded ``_meta`` (``proxy.tracing``); an
+    HTTP backend, or a proxy or load balancer in front of it, reads trace context from the headers, so the
+    same values travel in both. Malformed values are not copied: they could not join any trace.
+    """
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    parent = meta.get("traceparent")
+    if not isinstance(parent, str) or _TRACEPARENT.fullmatch(parent) is None:
+        return {}
+    headers = {"traceparent": parent}
+    state = meta.get("tracestate")
+    if isinstance(state, str) and _TRACESTATE.fullmatch(state) is not None:
+        headers["tracestate"] = state
+    return headers
 
 
 class RemoteConnector(Connector):

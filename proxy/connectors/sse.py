@@ -12,9 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from yarl import URL
 
-from proxy.connectors.remote import RemoteConnector
+from proxy.connectors.remote import RemoteConnector, trace_headers
 from proxy.connectors.sse_events import SseEvent, read_events
 from proxy.credentials import REFUSED, send_with_credentials
 from proxy.errors import BackendUnavailable
@@ -76,6 +77,9 @@ class SseConnector(RemoteConnector):
         if self.endpoint is None or self._reader is None or self._reader.done():
             raise BackendUnavailable(f"backend {self.backend!r} is not connected")
         headers = {"Content-Type": "application/json"}
+        # Only a traced request is parsed (the bytes are otherwise sent as they are).
+        if b'"traceparent"' in data:
+            headers |= trace_headers(orjson.loads(data))
         try:
             response = await send_with_credentials(
                 self.http,
