@@ -1,14 +1,18 @@
 """The admin API under ``/admin``: backends, sessions and reload, for operators (config: ``admin:``).
 
 Off unless ``admin.enabled`` (then ``/admin/*`` is simply not routed: 404). When on, every call is
-authenticated exactly as ``/mcp`` is (same tokens, same 401/403 challenge) and the principal must hold
-``admin.role``. Without an authentication plugin every caller is anonymous, so the API may only be enabled
-with ``admin.allow_anonymous_admin: true`` (local use); anything else is refused at start-up.
+authenticated exactly as ``/mcp`` is (same tokens, same 401/403 challenge, same Origin/Host checks) and
+the principal must hold ``admin.role``. Without an authentication plugin every caller is anonymous, so the
+API may only be enabled with ``admin.allow_anonymous_admin: true`` on a gateway listening on a loopback
+address (local use); anything else is refused at start-up.
 
 Routes (JSON in and out; errors are ``{"error": "..."}``)::
 
+    GET    /admin/overview?audit=N  in one reading (the web console's poll): version, uptime, readiness;
+                                    traffic totals (requests, errors, latency histogram, in flight);
+                                    sessions per transport; every backend; the latest N audit records
     GET    /admin/backends          every backend: transport, ready, state, instances (breaker, restarts),
-                                    tool/prompt/resource/template counts
+                                    tool/prompt/resource/template counts, its own tool names
     POST   /admin/backends          {"name": ..., "config": {an mcpServers entry}}: 201 and the backend;
                                     400 invalid, 409 name taken or names collide, 502 it did not start
     DELETE /admin/backends/{name}   stop it, its tools leave the lists (list_changed); 404 if unknown
@@ -36,21 +40,22 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from proxy.backend import Backend
-from proxy.backend_pool import BackendPool
+from proxy.admin_views import describe_backend, describe_session, overview
 from proxy.chain import Principal
-from proxy.config import AdminConfig, GatewayConfig, StdioBackendConfig, validation_problems
+from proxy.config import AdminConfig, GatewayConfig, validation_problems
 from proxy.errors import BackendUnavailable, ConfigError, Unauthenticated
 from proxy.gateway import Gateway
-from proxy.session import Session
 from proxy.transports.app_keys import GATEWAY, RELOADER
 from proxy.transports.authentication import credentials_of, refusal
+from proxy.transports.guards import foreign_reason, is_loopback
 
 log = logging.getLogger("portico.admin")
 
 ENDED_BY_ADMIN = "ended by an administrator"
 # The status recorded when the caller disconnected before the answer (nginx's convention).
 CLIENT_WENT_AWAY = 499
+# Readings of live state: never from a cache.
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]
@@ -67,8 +72,16 @@ def add_admin_routes(app: web.Application, gateway: Gateway) -> None:
                 f"{gateway.config.source}: admin: enabled without an authentication plugin, so anyone "
                 "could use it; add the auth plugin, or set admin.allow_anonymous_admin: true (local use)"
             )
-        log.warning("the admin API is open to anonymous callers (admin.allow_anonymous_admin)")
+        host = gateway.config.listen.host
+        if not is_loopback(host):
+            raise ConfigError(
+                f"{gateway.config.source}: admin.allow_anonymous_admin is for local use, but the gateway "
+                f"listens on {host!r}, where anyone who can reach the port could use the admin API; "
+                "listen on 127.0.0.1, or add the auth plugin"
+            )
+        log.warning("the admin API is open to anonymous local callers (admin.allow_anonymous_admin)")
     routes: list[tuple[str, str, AdminHandler]] = [
+        ("GET", "/admin/overview", show_overview),
         ("GET", "/admin/backends", list_backends),
         ("POST", "/admin/backends", register_backend),
         ("DELETE", "/admin/backends/{name}", deregister_backend),
@@ -89,6 +102,13 @@ def _guarded(
         gateway = request.app[GATEWAY]
         principal: Principal | None = None
         try:
+            # A web page must not drive the API through the operator's browser (DNS rebinding), least of
+            # all an anonymous one: the same Origin/Host checks as the MCP endpoint.
+            foreign = foreign_reason(request, gateway.config.listen)
+            if foreign is not None:
+                response = _error(403, foreign)
+                audit(gateway, request, None, response.status)
+                return response
             principal, refused = await _admit(request, gateway, settings)
             response = refused if refused is not None else await handler(request, gateway)
         except asyncio.CancelledError:
@@ -145,37 +165,18 @@ def audit(gateway: Gateway, request: web.Request, principal: Principal | None, s
 # -- backends -------------------------------------------------------------------------------------------
 
 
+async def show_overview(request: web.Request, gateway: Gateway) -> web.Response:
+    """The gateway, its traffic, sessions, backends and latest audit records in one reading (the web
+    console polls it); ``?audit=N`` asks for up to N audit records (default 50)."""
+    try:
+        limit = int(request.query.get("audit", "50"))
+    except ValueError:
+        return _error(400, "audit: expected a whole number of records")
+    return web.json_response(overview(gateway, limit), headers=NO_STORE)
+
+
 async def list_backends(request: web.Request, gateway: Gateway) -> web.Response:
     return web.json_response({"backends": [describe_backend(b) for b in gateway.backends.values()]})
-
-
-def describe_backend(backend: Backend) -> dict[str, Any]:
-    """What an operator wants to see of one backend; never its command, environment or headers."""
-    config = backend.config
-    instances = backend.instances if isinstance(backend, BackendPool) else [backend]
-    shown = [
-        {
-            "name": instance.name,
-            "state": instance.state,
-            "breaker": instance.breaker.state if instance.breaker is not None else "disabled",
-            "restarts": instance.restarter.restarts if instance.restarter is not None else 0,
-        }
-        for instance in instances
-    ]
-    lists = backend.lists
-    return {
-        "name": backend.name,
-        "transport": "stdio" if isinstance(config, StdioBackendConfig) else config.transport,
-        "era": backend.era,
-        "ready": backend.ready,
-        "state": backend.state,
-        "instances": shown,
-        "tools": len(lists.tools),
-        "prompts": len(lists.prompts),
-        "resources": len(lists.resources),
-        "resource_templates": len(lists.resourceTemplates),
-        "restarts": sum(i["restarts"] for i in shown),
-    }
 
 
 async def register_backend(request: web.Request, gateway: Gateway) -> web.Response:
@@ -218,18 +219,6 @@ async def deregister_backend(request: web.Request, gateway: Gateway) -> web.Resp
 
 async def list_sessions(request: web.Request, gateway: Gateway) -> web.Response:
     return web.json_response({"sessions": [describe_session(s) for s in gateway.sessions.values()]})
-
-
-def describe_session(session: Session) -> dict[str, Any]:
-    """One client session as an operator sees it; never its credential."""
-    return {
-        "id": session.id,
-        "transport": session.transport,
-        "era": session.era,
-        "principal": session.principal.subject,
-        "remote": session.remote,
-        "calls_in_flight": len(session.calls_in_flight()),
-    }
 
 
 async def end_session(request: web.Request, gateway: Gateway) -> web.Response:

@@ -11,6 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.admin import add_admin_routes
+from proxy.console import add_console_routes
 from proxy.gateway import Gateway
 from proxy.metrics import CONTENT_TYPE
 from proxy.reload import ConfigWatcher, Reloader
@@ -44,7 +45,7 @@ async def handle_readyz(request: web.Request) -> web.Response:
     """200 once at least ``listen.min_ready_backends`` backends are ready, else 503 naming those that
     are not (a load balancer sends traffic only to a gateway that can serve it)."""
     gateway = request.app[GATEWAY]
-    ready, not_ready = readiness(gateway)
+    ready, not_ready = gateway.readiness()
     needed = gateway.config.listen.min_ready_backends
     body = {
         "status": "ready" if len(ready) >= needed else "not ready",
@@ -53,16 +54,6 @@ async def handle_readyz(request: web.Request) -> web.Response:
         "not_ready": not_ready,
     }
     return web.json_response(body, status=200 if len(ready) >= needed else 503)
-
-
-def readiness(gateway: Gateway) -> tuple[list[str], list[str]]:
-    """The enabled backends that are ready, and those that are not (not yet started, down, recovering)."""
-    ready: list[str] = []
-    not_ready: list[str] = []
-    for name in gateway.config.enabled_backends():
-        backend = gateway.backends.get(name)
-        (ready if backend is not None and backend.ready else not_ready).append(name)
-    return ready, not_ready
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -113,6 +104,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     add_admin_routes(app, gateway)
+    add_console_routes(app, gateway)
 
     app[RELOADER] = Reloader(gateway)
     watcher = ConfigWatcher(app[RELOADER], gateway.config.reload.watch_seconds)

@@ -349,8 +349,10 @@ class AdminConfig(_Strict):
     enabled: bool = False
     role: str = Field("admin", min_length=1)
     # Without an authentication plugin every caller is anonymous, so the API would be open to anyone who
-    # can reach the port: allowed only when the operator says so (local use).
+    # can reach the port: allowed only when the operator says so, and only on a loopback address.
     allow_anonymous_admin: bool = False
+    # The web console at /console (``proxy.console``): a page that uses this API and the MCP endpoint.
+    console: bool = True
 
 
 class ReloadConfig(_Strict):

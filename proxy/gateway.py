@@ -104,8 +104,20 @@ class Gateway:
         self._before_withdrawal: dict[str, Catalog] = {}
         self._version = 0
         self._closing: set[asyncio.Task[None]] = set()
+        # When the gateway was made (monotonic clock): its uptime, for the admin API.
+        self.created = time.monotonic()
 
     # -- life cycle -------------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[list[str], list[str]]:
+        """The enabled backends that are ready, and those that are not (not yet started, down,
+        recovering): ``/readyz`` and the admin API compare the first with ``listen.min_ready_backends``."""
+        ready: list[str] = []
+        not_ready: list[str] = []
+        for name in self.config.enabled_backends():
+            backend = self.backends.get(name)
+            (ready if backend is not None and backend.ready else not_ready).append(name)
+        return ready, not_ready
 
     async def start(self) -> None:
         """Start every backend at once; one that fails is logged and left out, the rest serve."""

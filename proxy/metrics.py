@@ -185,12 +185,50 @@ class GatewayMetrics:
             timed = self._backend_timed[key] = self._backend_seconds.labels(*key)
         timed.observe(seconds)
 
+    def traffic(self) -> dict[str, Any]:
+        """Totals since start, for the console (which turns two readings into a rate and percentiles):
+        requests answered, those that ended in an error, and the request-latency histogram summed over
+        backends and methods (``buckets`` are upper bounds in seconds, ``counts`` cumulative, ``count``
+        every timed request, those slower than the last bound included)."""
+        requests = errors = 0
+        for sample in _samples(self._requests, "portico_requests_total"):
+            requests += int(sample.value)
+            if sample.labels["outcome"].startswith("error"):
+                errors += int(sample.value)
+        cumulative = dict.fromkeys(BUCKETS, 0)
+        total_seconds = 0.0
+        for sample in _samples(self._request_seconds, "portico_request_seconds_bucket"):
+            bound = float(sample.labels["le"])
+            if bound in cumulative:
+                cumulative[bound] += int(sample.value)
+        timed = 0
+        for sample in _samples(self._request_seconds, "portico_request_seconds_sum"):
+            total_seconds += sample.value
+        for sample in _samples(self._request_seconds, "portico_request_seconds_count"):
+            timed += int(sample.value)
+        return {
+            "requests": requests,
+            "errors": errors,
+            "latency": {
+                "buckets": list(BUCKETS),
+                "counts": list(cumulative.values()),
+                "count": timed,
+                "sum_seconds": total_seconds,
+            },
+        }
+
     def exposition(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``)."""
         return generate_latest(self.registry)
 
 
 _DENIED = f"error_{ErrorCode.ACCESS_DENIED}"
+
+
+def _samples(metric: Counter | Histogram, name: str) -> Iterator[Any]:
+    """The samples named ``name`` of every labelled child of ``metric``."""
+    for family in metric.collect():
+        yield from (sample for sample in family.samples if sample.name == name)
 # -- read at scrape time ------------------------------------------------------------------------------------
 
 BackendReading = Callable[["Backend"], float]

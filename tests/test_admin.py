@@ -149,6 +149,110 @@ async def test_enabling_it_without_an_authenticator_is_refused_unless_explicitly
         assert await response.json() == {"backends": []}
 
 
+# Only written into configs: nothing binds to these (the check refuses before any listener exists).
+EVERYWHERE = "0.0.0.0"  # noqa: S104
+
+
+@pytest.mark.parametrize("host", [EVERYWHERE, "::", "192.0.2.10", "gateway.example"])
+def test_anonymous_admin_is_refused_on_an_address_others_can_reach(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "open.yaml"
+    path.write_text(f"listen: {{host: '{host}'}}\nadmin: {{enabled: true, allow_anonymous_admin: true}}\n")
+    cfg = config.load(path)
+    with pytest.raises(ConfigError, match="allow_anonymous_admin is for local use"):
+        build_app(Gateway(cfg, build_plugins(cfg)))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_anonymous_admin_is_allowed_on_loopback(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "local.yaml"
+    path.write_text(f"listen: {{host: '{host}'}}\nadmin: {{enabled: true, allow_anonymous_admin: true}}\n")
+    cfg = config.load(path)
+    app = build_app(Gateway(cfg, build_plugins(cfg)))
+    assert any(
+        route.resource and route.resource.canonical == "/admin/overview" for route in app.router.routes()
+    )
+
+
+async def test_a_page_on_another_origin_or_host_cannot_use_the_admin_api(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """DNS rebinding: a web page the operator visits must not reach a local (anonymous) admin API."""
+    audit_file = tmp_path / "audit.log"
+    gw = await start_gateway(
+        {
+            "admin": {"enabled": True, "allow_anonymous_admin": True},
+            "plugins": [{"name": "audit", "options": {"file": str(audit_file)}}],
+        }
+    )
+    own = f"127.0.0.1:{gw.server.port}"
+    entry = {"name": "planted", "config": COUNTING}
+    for headers in ({"Origin": "http://evil.example"}, {"Host": f"evil.example:{gw.server.port}"}):
+        async with gw.http.post(
+            gw.server.make_url("/admin/backends"), json=entry, headers=headers
+        ) as response:
+            assert response.status == 403, headers
+            assert "is not allowed" in (await response.json())["error"]
+    assert "planted" not in gw.gateway.backends
+    # The gateway's own pages (the console) are same-origin, and local names are fine.
+    for origin in (f"http://{own}", "http://localhost:3000"):
+        async with gw.http.get(gw.server.make_url("/admin/backends"), headers={"Origin": origin}) as response:
+            assert response.status == 200, origin
+    refused = await wait_for_lines(
+        lambda: [line for line in read_lines(audit_file) if line.get("status") == 403],
+        lambda lines: len(lines) == 2,
+    )
+    assert {line["path"] for line in refused} == {"/admin/backends"}
+
+
+async def test_the_overview_shows_gateway_traffic_sessions_backends_and_recent_audit_records(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    admin = await start_admin(start_gateway, tmp_path, {"enabled": True})
+    client = await admin.client()
+    await client.call("tools/call", {"name": "first_lookup", "arguments": {"key": "k"}})
+    with pytest.raises(RpcError):
+        await client.call("tools/call", {"name": "first_nonexistent", "arguments": {}})
+    status, _, _ = await admin.call("GET", "/admin/sessions", admin.admin_token)
+    assert status == 200
+
+    status, body, response = await admin.call("GET", "/admin/overview?audit=3", admin.admin_token)
+    assert status == 200 and response.headers["Cache-Control"] == "no-store"
+    assert body["gateway"]["ready"] is True and body["gateway"]["not_ready"] == []
+    assert body["gateway"]["version"] and body["gateway"]["uptime_seconds"] > 0
+    traffic = body["traffic"]
+    # initialize, the call, the unknown tool (an error), all timed.
+    assert traffic["requests"] == 3 and traffic["errors"] == 1 and traffic["in_flight"] == 0
+    latency = traffic["latency"]
+    assert latency["count"] == 3 and latency["sum_seconds"] > 0
+    assert len(latency["counts"]) == len(latency["buckets"])
+    assert latency["counts"] == sorted(latency["counts"]) and latency["counts"][-1] <= 3
+    assert body["sessions"] == {"total": 1, "by_transport": {"websocket": 1}}
+    [first] = body["backends"]
+    assert first["tool_names"] == sorted(first["tool_names"]) and "lookup" in first["tool_names"]
+    assert len(first["tool_names"]) == first["tools"] == 8
+    audit = body["audit"]
+    assert audit["enabled"] is True
+    # Newest first: the admin call, then the two tool calls (never their arguments; the unknown name
+    # routes nowhere, so it names no tool).
+    assert [(e.get("event"), e.get("tool"), e.get("outcome")) for e in audit["entries"]] == [
+        ("admin", None, None),
+        (None, None, "error -32602"),
+        (None, "lookup", "ok"),
+    ]
+    assert all("params" not in e and "arguments" not in e for e in audit["entries"])
+
+    status, body, _ = await admin.call("GET", "/admin/overview?audit=many", admin.admin_token)
+    assert status == 400 and "audit" in body["error"]
+
+
+async def test_the_overview_says_when_no_plugin_keeps_audit_records(start_gateway: StartGateway) -> None:
+    gw = await start_gateway({"admin": {"enabled": True, "allow_anonymous_admin": True}})
+    async with gw.http.get(gw.server.make_url("/admin/overview")) as response:
+        body = await response.json()
+    assert body["audit"] == {"enabled": False, "entries": []}
+    assert body["traffic"]["requests"] == 0 and body["sessions"]["total"] == 0
+
+
 # -- backends ------------------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from plugins.audit import NOT_LOGGED, Audit, AuditOptions
 from plugins.audit import sink as sink_module
 from plugins.audit.sink import AuditSink
 from proxy import config
-from proxy.chain import Chain, Context, Direction, NamedPlugin, Principal, Route
+from proxy.chain import ANONYMOUS, Chain, Context, Direction, NamedPlugin, Principal, Route
 from proxy.errors import ConfigError, RateLimited
 from proxy.jsonrpc import Message
 from proxy.plugin_loader import build_plugins
@@ -253,7 +253,8 @@ async def test_lines_go_to_stdout_by_default_and_never_to_the_operators_log(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"file": "/nonexistent-dir/audit.log"}, "cannot open the audit file '/nonexistent-dir/audit.log'"),
+        # A missing folder is made (as for the token store); a path through a file cannot be.
+        ({"file": "/dev/null/audit.log"}, "cannot open the audit file '/dev/null/audit.log'"),
         ({"max_bytes": 10}, "plugins[0].options.max_bytes: Input should be greater than or equal to 1024"),
         ({"backups": 0}, "plugins[0].options.backups: Input should be greater than or equal to 1"),
         ({"payloads": True}, "plugins[0].options.payloads: unknown option"),
@@ -269,6 +270,14 @@ def test_bad_options_are_a_one_line_config_error(
     with pytest.raises(ConfigError) as refused:
         build_plugins(config.load(path))
     assert message in refused.value.message and "\n" not in refused.value.message
+
+
+async def test_the_files_folder_is_made_when_missing(tmp_path: Path) -> None:
+    log = tmp_path / "not" / "yet" / "audit.log"
+    plugin = Audit(AuditOptions(file=str(log)))
+    plugin.record_admin({"time": "2026-01-01T00:00:00.000Z", "event": "admin", "status": 200})
+    await plugin.close()
+    assert [line["event"] for line in read_lines(log)] == ["admin"]
 
 
 def test_every_key_is_documented_in_the_module_docstring() -> None:
@@ -310,6 +319,35 @@ async def test_a_refusal_from_further_in_is_recorded_and_reaches_the_client_unch
     )
     assert line["principal"] == {"subject": "ann", "kind": "jwt", "tenant": "acme"}
     assert "SECRET-CREDENTIAL" not in log.read_text()
+
+
+@pytest.mark.parametrize("recent", [0, 2])
+async def test_only_the_latest_records_are_kept_in_memory_exactly_as_written(
+    tmp_path: Path, recent: int
+) -> None:
+    log = tmp_path / "audit.log"
+    plugin = Audit(AuditOptions(file=str(log), recent=recent))
+
+    async def answer(ctx: Context, message: Message) -> Message | None:
+        return {"jsonrpc": "2.0", "id": message["id"], "result": {"content": []}}
+
+    chain = Chain([NamedPlugin("audit", plugin)], answer)
+    for request_id in range(1, 5):
+        request = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "tools/call",
+            "params": tool_call("t", k="v"),
+        }
+        await chain.dispatch(context(ANONYMOUS), request)
+    plugin.record_admin({"time": "2026-01-01T00:00:00.000Z", "event": "admin", "status": 200})
+    await plugin.close()
+    kept = plugin.recent_records(10)
+    written = read_lines(log)
+    assert len(written) == 5
+    # Newest first, the same dicts as the lines (no arguments: include_payloads is off).
+    assert kept == list(reversed(written))[:recent]
+    assert plugin.recent_records(1) == kept[:1]
 
 
 async def test_a_cancelled_request_is_recorded_and_the_cancellation_goes_on(tmp_path: Path) -> None:

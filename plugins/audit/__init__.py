@@ -46,6 +46,8 @@ Options (``AuditOptions``):
     max_bytes: rotate the file when it would grow past this size (default 10 MiB, at least 1024).
     backups: rotated files kept, ``<file>.1`` the newest (default 5, at least 1).
     include_payloads: also record params and results, redacted (default false).
+    recent: how many of the latest records are also kept in memory for the web console's list
+            (default 200; 0 keeps none).
 
 Lines are written by a thread of their own (a queue in between), so a slow disk never stalls requests;
 if the queue fills up (100 000 lines), lines are dropped and the operator's log says how many. The lines

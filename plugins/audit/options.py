@@ -20,3 +20,5 @@ class AuditOptions:
     backups: Annotated[int, Field(ge=1, le=1000)] = 5
     # Also record the request's params and the reply's result, as the redact plugin left them.
     include_payloads: bool = False
+    # How many of the latest records are also kept in memory, for the web console (0: none).
+    recent: Annotated[int, Field(ge=0, le=10_000)] = 200

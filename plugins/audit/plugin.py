@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +31,8 @@ class Audit:
     def __init__(self, options: AuditOptions | None = None) -> None:
         self.options = options or AuditOptions()
         self.sink = AuditSink(self.options)
+        # The latest records as written, newest last (the admin API's overview shows them).
+        self._recent: deque[dict[str, Any]] = deque(maxlen=self.options.recent)
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
         if ctx.direction is not Direction.TO_BACKEND or "id" not in message or "method" not in message:
@@ -52,6 +56,7 @@ class Audit:
                 ctx, message, arrival, ending, include_payloads=self.options.include_payloads
             )
             self.sink.write(to_line(record))
+            self._recent.append(record)
         except Exception:
             # A bug in building the record must not change what the client gets (nor hide a refusal).
             log.exception("audit: could not record a %s request", ctx.method)
@@ -60,8 +65,14 @@ class Audit:
         """Write one call of the gateway's admin API (an ``"event": "admin"`` line) to the same output."""
         try:
             self.sink.write(to_line(dict(entry)))
+            self._recent.append(dict(entry))
         except Exception:
             log.exception("audit: could not record an admin call")
+
+    def recent_records(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the latest records (requests and admin calls), newest first: exactly what
+        was written, so never a payload unless ``include_payloads`` let it into the line."""
+        return list(itertools.islice(reversed(self._recent), max(limit, 0)))
 
     async def close(self) -> None:
         """Write the lines still queued and stop the writer thread (the gateway calls it when it stops)."""

@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
+from pathlib import Path
 from typing import Any
 
 from plugins.audit.options import AuditOptions
@@ -108,6 +109,8 @@ def _open_target(options: AuditOptions) -> logging.Handler:
     if options.file is None:
         return logging.StreamHandler(sys.stdout)
     try:
+        # Like the token store, the file may live in a folder not made yet (``.portico/audit.log``).
+        Path(options.file).parent.mkdir(parents=True, exist_ok=True)
         return RotatingFileHandler(
             options.file, maxBytes=options.max_bytes, backupCount=options.backups, encoding="utf-8"
         )

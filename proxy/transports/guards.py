@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 from yarl import URL
 
@@ -10,8 +12,24 @@ from proxy.config import ListenConfig
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), a localhost page, or an origin the operator listed."""
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    bare = _bare(host)
+    if bare in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], host: str | None = None) -> bool:
+    """No Origin (not a browser), a localhost page, the gateway's own pages (the console: an Origin
+    naming the request's own ``Host``), or an origin the operator listed.
+
+    Same-origin is safe to admit because ``host_allowed`` still judges the Host: a rebinding page is
+    same-origin too, but under a foreign name, which a loopback-bound gateway refuses.
+    """
     if origin is None:
         return True
     if origin in allowed or "*" in allowed:
@@ -20,7 +38,9 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
         url = URL(origin)
     except ValueError:
         return False
-    return url.scheme in ("http", "https") and _bare(url.host) in LOCAL_HOSTS
+    if url.scheme not in ("http", "https"):
+        return False
+    return _bare(url.host) in LOCAL_HOSTS or (host is not None and url.raw_authority.lower() == host.lower())
 
 
 def host_allowed(host: str | None, listen: ListenConfig) -> bool:
@@ -31,7 +51,7 @@ def host_allowed(host: str | None, listen: ListenConfig) -> bool:
     """
     if "*" in listen.allowed_hosts:
         return True
-    if not listen.allowed_hosts and _bare(listen.host) not in LOCAL_HOSTS:
+    if not listen.allowed_hosts and not is_loopback(listen.host):
         return True
     if host is None:
         return False
@@ -42,13 +62,20 @@ def host_allowed(host: str | None, listen: ListenConfig) -> bool:
     return _bare(name) in LOCAL_HOSTS or name in listen.allowed_hosts
 
 
-def refusal(request: web.Request, listen: ListenConfig) -> web.Response | None:
-    """A 403 for a foreign Origin or Host, or None when the request may proceed."""
-    if not origin_allowed(request.headers.get("Origin"), listen.allowed_origins):
-        return _forbidden("Forbidden: this Origin is not allowed")
-    if not host_allowed(request.headers.get("Host"), listen):
-        return _forbidden("Forbidden: this Host is not allowed")
+def foreign_reason(request: web.Request, listen: ListenConfig) -> str | None:
+    """Why the request comes from a foreign Origin or Host, or None when it may proceed."""
+    host = request.headers.get("Host")
+    if not origin_allowed(request.headers.get("Origin"), listen.allowed_origins, host):
+        return "Forbidden: this Origin is not allowed"
+    if not host_allowed(host, listen):
+        return "Forbidden: this Host is not allowed"
     return None
+
+
+def refusal(request: web.Request, listen: ListenConfig) -> web.Response | None:
+    """A 403 (a JSON-RPC error body) for a foreign Origin or Host, or None when the request may proceed."""
+    reason = foreign_reason(request, listen)
+    return _forbidden(reason) if reason is not None else None
 
 
 def _forbidden(message: str) -> web.Response:
