@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= proxy/demo/portico.yaml
 
-.PHONY: run test lint typecheck unit interop-setup services-setup conformance bench bench-smoke check clean
+.PHONY: run test lint typecheck unit interop-setup services-setup conformance bench bench-smoke check clean console-screenshot
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ interop-setup: $(STAMP)
 conformance: $(STAMP) interop-setup
 	$(BIN)/python -m tests.conformance.run
 
-# Real services some tests run against (redis-server), from Debian's packages when missing.
+# Real programs some tests run against (redis-server, chromium), from Debian's packages when missing.
 services-setup:
 	bash tests/services/setup.sh
 
@@ -52,6 +52,11 @@ bench: $(STAMP)
 # Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.core_ws --smoke
+
+# The README's picture of the web console, taken by its browser test from the demo config.
+console-screenshot: $(STAMP) services-setup
+	PORTICO_CONSOLE_SCREENSHOT=docs/console.png $(BIN)/python -m pytest -q -p no:randomly \
+		tests/test_console.py -k lists_backends
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
