@@ -9,6 +9,10 @@ Counted on the request path (``Session`` around the chain, ``Forwarder`` around 
     portico_backend_seconds{backend,method}               histogram: the time inside the backend's call;
                                                           gateway overhead = request - backend
     portico_policy_denials_total                          replies with error code -32063 (access denied)
+    portico_refused_requests_total{reason}                HTTP requests and WebSocket upgrades refused before
+                                                          any session or message: ``unauthenticated`` (401),
+                                                          ``insufficient_scope`` (403), ``foreign_origin``
+                                                          and ``foreign_host`` (403, DNS-rebinding guard)
 
 Read when Prometheus scrapes (nothing in backends or plugins changes for them):
     portico_requests_in_flight                            client requests running now
@@ -78,6 +82,8 @@ METHODS = frozenset(
         "completion/complete",
     }
 )
+# Why the edge refused a request (the ``reason`` label of portico_refused_requests_total).
+REFUSAL_REASONS = ("unauthenticated", "insufficient_scope", "foreign_origin", "foreign_host")
 # Gateway overhead is well under a millisecond and backends take up to the request deadline (60 s).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -153,6 +159,14 @@ class GatewayMetrics:
         self._denials = Counter(
             "portico_policy_denials", "Replies refused by the access policy (-32063).", registry=self.registry
         )
+        self._refused = Counter(
+            "portico_refused_requests",
+            "HTTP requests and WebSocket upgrades refused before any session, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
+        # Every reason from the start, so a rate over them is defined before the first refusal.
+        self._refusals = {reason: self._refused.labels(reason) for reason in REFUSAL_REASONS}
         self.registry.register(GatewayCollector(gateway))
         # Labelled children, kept: ``labels()`` validates and locks on every call, a dict look-up does not.
         self._counted: dict[tuple[str, str, str, str], Any] = {}
@@ -176,6 +190,10 @@ class GatewayMetrics:
         timed.observe(seconds)
         if outcome == _DENIED:
             self._denials.inc()
+
+    def refused(self, reason: str) -> None:
+        """A request was refused at the edge, before the chain (one of ``REFUSAL_REASONS``)."""
+        self._refusals[reason].inc()
 
     def backend_done(self, backend: str, method: str, seconds: float) -> None:
         """A call to ``backend`` (from the forwarder) ended after ``seconds``."""

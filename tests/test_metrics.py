@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import proxy.metrics
 from proxy.chain import Context, Handler
 from proxy.errors import AccessDenied
 from proxy.jsonrpc import Message
-from proxy.metrics import CONTENT_TYPE
+from proxy.metrics import CONTENT_TYPE, REFUSAL_REASONS
 from tests.conftest import RunningGateway, StartGateway, fixture_server
 from tests.test_backend_restart import pid_of
 from tests.test_http_transport import eventually
 from tests.test_modern_era import meta
+from tests.test_security_gateway import auth_options, token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -189,6 +195,13 @@ async def test_the_bundled_plugins_counters_appear_when_they_are_configured(
     assert value(samples, "portico_ratelimit_limited_total") == 1
     assert (value(samples, "portico_redactions_total", detector="email") or 0) >= 1
 
+    # Every name exposed is part of the documented, stable list (module docstring and README).
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    exposed = {re.sub(r"_(bucket|sum|count|created)$", "", name) for name, _ in samples}
+    assert exposed >= {"portico_requests_total", "portico_request_seconds", "portico_refused_requests_total"}
+    for name in exposed:
+        assert name in (proxy.metrics.__doc__ or "") and f"`{name}" in readme, name
+
 
 async def test_without_those_plugins_their_metrics_are_absent(start_gateway: StartGateway) -> None:
     gw = await start_gateway({"mcpServers": {"c": counting()}})
@@ -217,6 +230,39 @@ async def test_policy_denials_are_counted(start_gateway: StartGateway) -> None:
     assert value(samples, "portico_policy_denials_total") == 1
     denied = {"backend": "c", "method": "tools/call", "tool": "append", "outcome": "error_-32063"}
     assert value(samples, "portico_requests_total", **denied) == 1
+
+
+async def test_requests_refused_at_the_edge_are_counted_by_reason(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    auth = {"name": "auth", "options": auth_options(tmp_path, required_scopes=["mcp"])}
+    gw = await start_gateway({"mcpServers": {"c": counting()}, "plugins": [auth]})
+    before = await scrape(gw)
+    assert {value(before, "portico_refused_requests_total", reason=r) for r in REFUSAL_REASONS} == {0.0}
+    resource = str(gw.server.make_url("/mcp"))
+    cases = [
+        ({}, 401),
+        ({"Authorization": "Bearer not-a-token"}, 401),
+        ({"Authorization": f"Bearer {token('ann', aud=resource)}"}, 403),  # no "mcp" scope
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Host": f"evil.example:{gw.server.port}"}, 403),
+    ]
+    for headers, status in cases:
+        async with gw.http.post(resource, json={}, headers=headers) as response:
+            assert response.status == status, headers
+    # A WebSocket upgrade is refused by the same guard.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.http.ws_connect(
+            gw.url, protocols=("mcp",), headers={"Host": f"evil.example:{gw.server.port}"}
+        )
+    assert refused.value.status == 403
+    samples = await scrape(gw)
+    assert value(samples, "portico_refused_requests_total", reason="unauthenticated") == 2
+    assert value(samples, "portico_refused_requests_total", reason="insufficient_scope") == 1
+    assert value(samples, "portico_refused_requests_total", reason="foreign_origin") == 1
+    assert value(samples, "portico_refused_requests_total", reason="foreign_host") == 2
+    # None of them reached the chain.
+    assert label_values(samples, "portico_requests_total", "method") == set()
 
 
 async def test_each_gateway_has_its_own_registry(start_gateway: StartGateway) -> None:

@@ -86,6 +86,7 @@ def credentials_of(request: web.Request, transport: str) -> Credentials:
 
 def refusal(request: web.Request, gateway: Gateway, exc: Unauthenticated) -> web.Response:
     status = 403 if isinstance(exc, InsufficientScope) else 401
+    gateway.metrics.refused("insufficient_scope" if status == 403 else "unauthenticated")
     challenge = []
     if gateway.authenticator is not None:
         challenge.append(f'resource_metadata="{metadata_url(request, gateway.authenticator)}"')

@@ -8,6 +8,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config import ListenConfig
+from proxy.transports.app_keys import GATEWAY
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -63,11 +64,14 @@ def host_allowed(host: str | None, listen: ListenConfig) -> bool:
 
 
 def foreign_reason(request: web.Request, listen: ListenConfig) -> str | None:
-    """Why the request comes from a foreign Origin or Host, or None when it may proceed."""
+    """Why the request comes from a foreign Origin or Host, or None when it may proceed. A refusal is
+    counted (``portico_refused_requests_total``): a burst of them is an attack worth seeing."""
     host = request.headers.get("Host")
     if not origin_allowed(request.headers.get("Origin"), listen.allowed_origins, host):
+        request.app[GATEWAY].metrics.refused("foreign_origin")
         return "Forbidden: this Origin is not allowed"
     if not host_allowed(host, listen):
+        request.app[GATEWAY].metrics.refused("foreign_host")
         return "Forbidden: this Host is not allowed"
     return None
 
