@@ -51,7 +51,7 @@ bench: $(STAMP)
 
 # Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
 bench-smoke: $(STAMP)
-	$(BIN)/python -m bench.core_ws --smoke
+	$(BIN)/python -m bench.core_ws --smoke && $(BIN)/python -m bench.open_loop --smoke
 
 # The README's picture of the web console, taken by its browser test from the demo config.
 console-screenshot: $(STAMP) services-setup

@@ -70,7 +70,7 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _descendants(root: int) -> list[tuple[int, str]]:
+def descendants(root: int) -> list[tuple[int, str]]:
     """Every live process below ``root`` (pid and start time), found by walking /proc's parent links."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
@@ -144,7 +144,7 @@ class Children:
 
     async def stop(self, process: asyncio.subprocess.Process) -> None:
         # Found before the parent goes, since afterwards orphans are re-parented and lost from view.
-        below = _descendants(process.pid)
+        below = descendants(process.pid)
         if process.returncode is None:
             # A stdio server's polite stop is the end of its input; SIGTERM and SIGKILL follow if needed.
             signals: list[signal.Signals | None] = [signal.SIGTERM, signal.SIGKILL]
@@ -333,9 +333,7 @@ class Client:
             raise BenchError(f"tool {self.tool!r} is not listed (tools: {names})")
 
     def _call(self, request_id: int) -> bytes:
-        # The id is in the text too, so a reply routed to the wrong request is caught, not counted.
-        params = {"name": self.tool, "arguments": {"text": f"portico bench {request_id}"}}
-        return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
+        return call_message(self.tool, request_id)
 
     async def run(
         self, mode: str, concurrency: int, warmup: float, seconds: float, probe: CpuProbe
@@ -381,7 +379,7 @@ class Client:
                         started = sent.pop(reply_id, None) if isinstance(reply_id, int) else None
                         if started is None:
                             continue  # a notification, or not one of ours
-                        why = _check(reply)
+                        why = check_call_reply(reply)
                         if why:
                             result.fail(why)
                         else:
@@ -406,7 +404,14 @@ class Client:
         return result
 
 
-def _check(reply: dict[str, Any]) -> str:
+def call_message(tool: str, request_id: int) -> bytes:
+    """The tools/call request ``check_call_reply`` expects an answer to."""
+    # The id is in the text too, so a reply routed to the wrong request is caught, not counted.
+    params = {"name": tool, "arguments": {"text": f"portico bench {request_id}"}}
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
+
+
+def check_call_reply(reply: dict[str, Any]) -> str:
     """Why a tools/call reply is wrong, or "" if it echoed its own request's text."""
     if "error" in reply:
         return f"error reply: {reply['error']}"
@@ -436,7 +441,7 @@ class Settings:
     gateway_tree: Path = REPO
 
 
-def _backend_env() -> dict[str, str]:
+def backend_env() -> dict[str, str]:
     return {name: os.environ[name] for name in BACKEND_ENV if name in os.environ}
 
 
@@ -450,7 +455,7 @@ async def run_direct(children: Children, workdir: Path, settings: Settings) -> R
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
             cwd=REPO,
-            env=_backend_env(),
+            env=backend_env(),
         )
     channel = StdioChannel(backend)
     try:
@@ -480,13 +485,15 @@ def write_config(workdir: Path) -> Path:
 
 
 async def start_gateway(
-    children: Children, workdir: Path, tree: Path = REPO
+    children: Children, workdir: Path, tree: Path = REPO, prefix: Sequence[str] = ()
 ) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``python -m proxy serve`` (after ``prefix``, e.g. ``taskset -c 0``); its process and ws URL."""
     config = write_config(workdir)
     log_path = workdir / "gateway.stderr"
     # stderr goes to a file: an unread pipe would fill up and stall the gateway mid-run.
     with log_path.open("ab") as stderr:
         gateway = await children.spawn(
+            *prefix,
             sys.executable,
             "-m",
             "proxy",
@@ -520,7 +527,7 @@ async def run_gateway(children: Children, workdir: Path, settings: Settings) -> 
     gateway, url = await start_gateway(children, workdir, settings.gateway_tree)
     channel: WebSocketChannel | None = None
     try:
-        backends = [pid for pid, _ in _descendants(gateway.pid)]
+        backends = [pid for pid, _ in descendants(gateway.pid)]
         async with asyncio.timeout(STARTUP_SECONDS):
             channel = await WebSocketChannel.connect(url)
             client = Client(channel, "null_echo")

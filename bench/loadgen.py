@@ -1,0 +1,419 @@
+"""An open-loop MCP load generator: tools/call at a constant arrival rate, timed from each call's schedule.
+
+A closed-loop client (``bench.core_ws``) sends the next call only when a reply comes back, so when the
+server stalls the client stalls with it and the stall shows up as one slow call instead of hundreds:
+coordinated omission. Here call ``i`` is due at ``start + i / rate`` whatever happened before it, and its
+latency is counted from that *intended* time, so a stall is charged to every call that should have gone
+out during it. The calls are spread round-robin over ``connections`` connections:
+
+- WebSocket (subprotocol ``mcp``): many calls in flight per connection, replies matched by id;
+- Streamable HTTP (legacy session era): one POST per call; each connection is one keep-alive TCP
+  connection with its own MCP session, opened once, so a call waits its turn behind the calls ahead of
+  it on that connection (the wait is part of its latency, as it would be for a real HTTP/1.1 client).
+
+The first ``warmup`` seconds of calls are sent and checked but not timed. Latencies go into an
+HdrHistogram in microseconds (3 significant digits, up to 60 s). Every reply is checked (the echoed text
+carries the call's id); a call with no good reply within ``timeout`` seconds of its intended time is a
+timeout. ``send_lag`` is how late the generator itself got a call out (timer resolution, a busy loop, a
+full socket buffer): when it is large, so is every latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from hdrh.histogram import HdrHistogram
+
+from bench.core_ws import (
+    CLIENT_INFO,
+    PROTOCOL_VERSION,
+    BenchError,
+    Client,
+    WebSocketChannel,
+    call_message,
+    check_call_reply,
+)
+
+_HIGHEST_US = 60_000_000
+_SIGNIFICANT_DIGITS = 3
+# The first call goes out this long after setup, so opening the schedule does not count as lag.
+_LEAD_NS = 5_000_000
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    transport: str  # "ws" or "http"
+    tool: str
+    rate: float
+    seconds: float
+    connections: int = 4
+    warmup: float = 0.0
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a run measured; latencies in ms, over the calls after the warm-up that succeeded in time."""
+
+    transport: str
+    offered_rate: float
+    achieved_rate: float
+    measured_calls: int
+    ok: int
+    errors: int
+    timeouts: int
+    first_error: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    send_lag_p99_ms: float
+    send_lag_max_ms: float
+
+    @property
+    def failed(self) -> int:
+        return self.errors + self.timeouts
+
+
+class _Recorder:
+    """Counts every call's fate; times the ones in the measured window."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.latency_us = HdrHistogram(1, _HIGHEST_US, _SIGNIFICANT_DIGITS)
+        self.send_lag_us = HdrHistogram(1, _HIGHEST_US, _SIGNIFICANT_DIGITS)
+        self.timeout_ns = int(spec.timeout * 1e9)
+        self.window_start_ns = 0  # set when the first measured call is scheduled
+        self.last_measured_reply_ns = 0
+        self.measured_calls = 0
+        self.measured_ok = 0
+        self.ok = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.first_error = ""
+        self.outstanding = 0
+        self.sending_done = False
+        self.drained = asyncio.Event()
+
+    def scheduled(self, intended_ns: int, measured: bool) -> None:
+        self.outstanding += 1
+        if measured:
+            self.measured_calls += 1
+        self.send_lag_us.record_value(max(1, (time.perf_counter_ns() - intended_ns) // 1000))
+
+    def replied(self, intended_ns: int, reply: dict[str, Any]) -> None:
+        now = time.perf_counter_ns()
+        why = check_call_reply(reply)
+        if why:
+            self.fail(why)
+        elif now - intended_ns > self.timeout_ns:
+            self.timed_out()
+        else:
+            self.ok += 1
+            self._settled()
+            if self.window_start_ns and intended_ns >= self.window_start_ns:
+                self.measured_ok += 1
+                self.last_measured_reply_ns = now
+                self.latency_us.record_value(max(1, min(_HIGHEST_US, (now - intended_ns) // 1000)))
+
+    def fail(self, why: str, count: int = 1) -> None:
+        self.errors += count
+        if not self.first_error:
+            self.first_error = why[:300]
+        self._settled(count)
+
+    def timed_out(self, count: int = 1) -> None:
+        self.timeouts += count
+        if not self.first_error:
+            self.first_error = f"no good reply within {self.timeout_ns / 1e9:g} s of the intended send time"
+        self._settled(count)
+
+    def _settled(self, count: int = 1) -> None:
+        self.outstanding -= count
+        if self.sending_done and self.outstanding <= 0:
+            self.drained.set()
+
+    def result(self, spec: LoadSpec) -> LoadResult:
+        elapsed = (self.last_measured_reply_ns - self.window_start_ns) / 1e9
+        # A run that kept up finishes about when its window does; never credit more than the window.
+        elapsed = max(elapsed, spec.seconds)
+        empty = self.latency_us.get_total_count() == 0
+
+        def ms(histogram: HdrHistogram, q: float) -> float:
+            if histogram.get_total_count() == 0:
+                return float("nan")
+            return float(histogram.get_value_at_percentile(q)) / 1000
+
+        return LoadResult(
+            transport=spec.transport,
+            offered_rate=spec.rate,
+            achieved_rate=self.measured_ok / elapsed,
+            measured_calls=self.measured_calls,
+            ok=self.ok,
+            errors=self.errors,
+            timeouts=self.timeouts,
+            first_error=self.first_error,
+            p50_ms=ms(self.latency_us, 50),
+            p90_ms=ms(self.latency_us, 90),
+            p99_ms=ms(self.latency_us, 99),
+            p999_ms=ms(self.latency_us, 99.9),
+            max_ms=float("nan") if empty else self.latency_us.get_max_value() / 1000,
+            send_lag_p99_ms=ms(self.send_lag_us, 99),
+            send_lag_max_ms=self.send_lag_us.get_max_value() / 1000,
+        )
+
+
+# -- connections ------------------------------------------------------------------------------------------
+
+
+class Connection(ABC):
+    def __init__(self, spec: LoadSpec, recorder: _Recorder) -> None:
+        self.spec = spec
+        self.recorder = recorder
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and do the MCP handshake; raises BenchError when that fails."""
+
+    @abstractmethod
+    async def send(self, calls: Sequence[tuple[int, int]]) -> None:
+        """Send these (request id, intended time in ns) calls now; their replies reach the recorder."""
+
+    @abstractmethod
+    async def expire(self) -> None:
+        """The run is over: whatever is still unanswered timed out."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class WebSocketConnection(Connection):
+    def __init__(self, spec: LoadSpec, recorder: _Recorder) -> None:
+        super().__init__(spec, recorder)
+        self.channel: WebSocketChannel | None = None
+        self.pending: dict[int, int] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        self.channel = await WebSocketChannel.connect(self.spec.url)
+        await Client(self.channel, self.spec.tool).handshake()
+        self.reader = asyncio.create_task(self._read(self.channel))
+
+    async def _read(self, channel: WebSocketChannel) -> None:
+        while True:
+            batch = await channel.receive()
+            if not batch:
+                self.closed = True
+                if self.pending:
+                    self.recorder.fail("the WebSocket closed", len(self.pending))
+                    self.pending.clear()
+                return
+            for raw in batch:
+                try:
+                    reply = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    self.recorder.fail(f"a reply that is not JSON: {raw[:200]!r}")
+                    continue
+                reply_id = reply.get("id") if isinstance(reply, dict) else None
+                intended = self.pending.pop(reply_id, None) if isinstance(reply_id, int) else None
+                if intended is not None:
+                    self.recorder.replied(intended, reply)
+
+    async def send(self, calls: Sequence[tuple[int, int]]) -> None:
+        assert self.channel is not None
+        if self.closed:
+            self.recorder.fail("the WebSocket closed", len(calls))
+            return
+        for request_id, intended in calls:
+            self.pending[request_id] = intended
+        try:
+            await self.channel.send([call_message(self.spec.tool, request_id) for request_id, _ in calls])
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            unsent = [request_id for request_id, _ in calls if self.pending.pop(request_id, None) is not None]
+            self.recorder.fail(f"send failed: {exc!r}", len(unsent))
+
+    async def expire(self) -> None:
+        if self.pending:
+            self.recorder.timed_out(len(self.pending))
+            self.pending.clear()
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
+        if self.channel is not None:
+            await self.channel.close()
+
+
+SESSION_HEADER = "Mcp-Session-Id"
+
+
+class HttpConnection(Connection):
+    """One keep-alive TCP connection (a pool of one) carrying one Streamable HTTP session."""
+
+    def __init__(self, spec: LoadSpec, recorder: _Recorder) -> None:
+        super().__init__(spec, recorder)
+        self.http: aiohttp.ClientSession | None = None
+        self.calls: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers=headers)
+        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
+        async with self.http.post(self.spec.url, data=orjson.dumps(initialize)) as response:
+            body = await response.read()
+            session = response.headers.get(SESSION_HEADER)
+            if response.status != 200 or session is None:
+                raise BenchError(f"initialize over HTTP failed: {response.status} {body[:300]!r}")
+        # Every later request of this session carries its id and the negotiated version.
+        self.http.headers.update({SESSION_HEADER: session, "MCP-Protocol-Version": PROTOCOL_VERSION})
+        initialized = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        async with self.http.post(self.spec.url, data=initialized) as response:
+            if response.status != 202:
+                raise BenchError(f"notifications/initialized got {response.status}, not 202")
+        listing = await self._request(orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "tools/list"}))
+        names = [tool.get("name") for tool in listing.get("result", {}).get("tools", [])]
+        if self.spec.tool not in names:
+            raise BenchError(f"tool {self.spec.tool!r} is not listed (tools: {names})")
+
+    async def _request(self, body: bytes) -> dict[str, Any]:
+        assert self.http is not None
+        async with self.http.post(self.spec.url, data=body) as response:
+            raw = await response.read()
+            if response.status != 200:
+                raise BenchError(f"HTTP {response.status}: {raw[:300]!r}")
+            if response.content_type == "text/event-stream":
+                return _last_sse_message(raw)
+            reply: dict[str, Any] = orjson.loads(raw)
+            return reply
+
+    async def send(self, calls: Sequence[tuple[int, int]]) -> None:
+        for request_id, intended in calls:
+            task = asyncio.create_task(self._call(request_id, intended))
+            self.calls.add(task)
+            task.add_done_callback(self.calls.discard)
+
+    async def _call(self, request_id: int, intended: int) -> None:
+        deadline = (intended + self.recorder.timeout_ns - time.perf_counter_ns()) / 1e9
+        try:
+            async with asyncio.timeout(max(0.0, deadline)):
+                reply = await self._request(call_message(self.spec.tool, request_id))
+        except TimeoutError:
+            self.recorder.timed_out()
+        except (BenchError, aiohttp.ClientError, ConnectionError, orjson.JSONDecodeError) as exc:
+            self.recorder.fail(f"call {request_id}: {exc!r}")
+        else:
+            self.recorder.replied(intended, reply)
+
+    async def expire(self) -> None:
+        # Each call has its own deadline, so by now they have all ended; this only catches stragglers.
+        # A task that just finished may still be in the set: its done-callback has not run yet.
+        stragglers = [task for task in self.calls if not task.done()]
+        if stragglers:
+            for task in stragglers:
+                task.cancel()
+            await asyncio.gather(*stragglers, return_exceptions=True)
+            self.recorder.timed_out(len(stragglers))
+
+    async def close(self) -> None:
+        await self.expire()
+        if self.http is not None:
+            await self.http.close()
+
+
+def _last_sse_message(raw: bytes) -> dict[str, Any]:
+    """The last JSON-RPC message of an SSE body: a request's stream ends with its reply."""
+    data = [line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:")]
+    if not data:
+        raise BenchError(f"an SSE reply with no data: {raw[:300]!r}")
+    message: dict[str, Any] = orjson.loads(data[-1])
+    return message
+
+
+CONNECTIONS: dict[str, Callable[[LoadSpec, _Recorder], Connection]] = {
+    "ws": WebSocketConnection,
+    "http": HttpConnection,
+}
+
+
+# -- the schedule -----------------------------------------------------------------------------------------
+
+
+async def run(
+    spec: LoadSpec,
+    on_window_start: Callable[[], None] | None = None,
+    on_window_end: Callable[[], None] | None = None,
+) -> LoadResult:
+    """Open the connections, send ``rate`` calls a second for ``warmup + seconds``, wait for the replies.
+
+    ``on_window_start`` is called just before the first measured call goes out, ``on_window_end`` once
+    the last reply is in (or timed out) and before the connections close: read CPU counters there.
+    Every step is bounded: the run ends at most ``timeout`` seconds after the last call was due.
+    """
+    if spec.rate <= 0 or spec.seconds <= 0 or spec.connections < 1 or spec.warmup < 0:
+        raise ValueError("rate and seconds must be > 0, connections >= 1, warmup >= 0")
+    recorder = _Recorder(spec)
+    connections = [CONNECTIONS[spec.transport](spec, recorder) for _ in range(spec.connections)]
+    try:
+        async with asyncio.timeout(spec.timeout + 30):
+            await asyncio.gather(*(connection.open() for connection in connections))
+        await _send_on_schedule(spec, connections, recorder, on_window_start)
+        recorder.sending_done = True
+        if recorder.outstanding > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(spec.timeout + 1):
+                    await recorder.drained.wait()
+        for connection in connections:
+            await connection.expire()
+        if on_window_end is not None:
+            on_window_end()
+    finally:
+        await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
+    return recorder.result(spec)
+
+
+async def _send_on_schedule(
+    spec: LoadSpec,
+    connections: Sequence[Connection],
+    recorder: _Recorder,
+    on_window_start: Callable[[], None] | None,
+) -> None:
+    clock = time.perf_counter_ns
+    period_ns = 1e9 / spec.rate
+    total = round((spec.warmup + spec.seconds) * spec.rate)
+    first_measured = round(spec.warmup * spec.rate)
+    start = clock() + _LEAD_NS
+    sent = 0
+    while sent < total:
+        now = clock()
+        # Every call whose time has come goes now, however late: falling behind must not thin the load.
+        due = min(total, int((now - start) // period_ns) + 1) if now >= start else 0
+        if due > sent:
+            batches: list[list[tuple[int, int]]] = [[] for _ in connections]
+            for index in range(sent, due):
+                intended = start + int(index * period_ns)
+                if index == first_measured:
+                    recorder.window_start_ns = intended
+                    if on_window_start is not None:
+                        on_window_start()
+                recorder.scheduled(intended, index >= first_measured)
+                batches[index % len(connections)].append((index + 1, intended))
+            sent = due
+            for connection, batch in zip(connections, batches, strict=True):
+                if batch:
+                    await connection.send(batch)
+        delay = start + int(sent * period_ns) - clock()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
