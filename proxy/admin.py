@@ -21,9 +21,10 @@ Routes (JSON in and out; errors are ``{"error": "..."}``)::
     POST   /admin/reload            read the config file again and apply its mcpServers (added, removed,
                                     changed backends); 400 if the file is invalid (nothing changes)
 
-Every call, refused or not, is audited: one JSON line on the ``portico.admin`` logger (``time``,
-``event`` = "admin", ``principal`` {subject, kind} or null, ``remote``, ``method``, ``path``, ``status``;
-499 when the caller went away first), also handed to every plugin with a ``record_admin(entry)`` method
+Every call, refused or not, is audited: one JSON line (``time``, ``event`` = "admin", ``principal``
+{subject, kind} or null, ``remote``, ``method``, ``path``, ``status``; 499 when the caller went away
+first) on the ``portico.admin`` logger, at DEBUG for a successful GET (a console repeats one every two
+seconds) and at INFO otherwise, and handed to every plugin with a ``record_admin(entry)`` method
 (the audit plugin). Registering a stdio backend runs a command on the gateway's host: the admin role is
 as powerful as the config file.
 """
@@ -151,7 +152,10 @@ def audit(gateway: Gateway, request: web.Request, principal: Principal | None, s
         "path": request.path,
         "status": status,
     }
-    log.info("%s", orjson.dumps(entry).decode())
+    # The operator's log gets changes and refusals at INFO; successful reads (a console polls every two
+    # seconds) only at DEBUG. The audit plugin records every call either way.
+    level = logging.DEBUG if request.method == "GET" and status < 400 else logging.INFO
+    log.log(level, "%s", orjson.dumps(entry).decode())
     for named in gateway.plugins:
         record = getattr(named.plugin, "record_admin", None)
         if not callable(record):

@@ -181,6 +181,8 @@ async def _serve(gateway: Gateway) -> None:
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     live = ", ".join(f"{b.name} ({len(b.lists.tools)} tools)" for b in gateway.live_backends()) or "none"
     print(f"Portico {__version__} listening on ws://{host}:{port}/mcp  (backends: {live})", flush=True)
+    if gateway.config.admin.enabled and gateway.config.admin.console:
+        print(f"Web console: http://{host}:{port}/console/", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

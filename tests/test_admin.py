@@ -414,3 +414,23 @@ async def test_every_admin_call_is_audited_refused_or_not(
         assert [(x["principal"], x["method"], x["path"], x["status"]) for x in lines] == expected
         assert list(lines[0]) == ["time", "event", "principal", "remote", "method", "path", "status"]
         assert lines[0]["time"].endswith("Z")
+
+
+async def test_successful_reads_are_logged_at_debug_and_still_audited(
+    start_gateway: StartGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="portico.admin")
+    admin = await start_admin(start_gateway, tmp_path, {"enabled": True})
+    await admin.call("GET", "/admin/overview", admin.admin_token)
+    await admin.call("DELETE", "/admin/sessions/nobody", admin.admin_token)
+    levels = [
+        (orjson.loads(r.getMessage())["path"], r.levelname)
+        for r in caplog.records
+        if r.name == "portico.admin"
+    ]
+    assert levels == [("/admin/overview", "DEBUG"), ("/admin/sessions/nobody", "INFO")]
+    lines = await wait_for_lines(
+        lambda: [line for line in read_lines(admin.audit_file) if line.get("event") == "admin"],
+        lambda lines: len(lines) >= 2,
+    )
+    assert [line["path"] for line in lines] == ["/admin/overview", "/admin/sessions/nobody"]
