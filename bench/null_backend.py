@@ -44,6 +44,25 @@ ECHO_TOOL = {
     },
 }
 _CHUNK = 1 << 16
+# What tools/list answers: echo, then any filler tools (--tools); set once by main().
+LISTED_TOOLS: list[dict[str, Any]] = [ECHO_TOOL]
+
+
+def configure(*, tools: int = 1, read_only: bool = False) -> None:
+    """List ``tools`` tools in all (echo and ``tools - 1`` fillers named ``tool_0001``...), and with
+    ``read_only`` mark echo read-only and idempotent, so the cache and dedup plugins take its calls."""
+    echo = dict(ECHO_TOOL)
+    if read_only:
+        echo["annotations"] = {"readOnlyHint": True, "idempotentHint": True}
+    fillers = [
+        {
+            "name": f"tool_{i:04d}",
+            "description": f"Filler tool {i} (never called): it makes tools/list as long as a real server's.",
+            "inputSchema": {"type": "object", "properties": {"value": {"type": "string"}}},
+        }
+        for i in range(1, max(tools, 1))
+    ]
+    LISTED_TOOLS[:] = [echo, *fillers]
 
 
 def _result(request_id: Any, value: dict[str, Any]) -> bytes:
@@ -97,7 +116,7 @@ def answer(line: bytes) -> bytes | None:
     if method == "ping":
         return _result(request_id, {})
     if method == "tools/list":
-        return _result(request_id, {"tools": [ECHO_TOOL]})
+        return _result(request_id, {"tools": LISTED_TOOLS})
     return _error(request_id, -32601, f"Method not found: {method}")
 
 
@@ -259,7 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("stdio", "ws", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="ws/http: address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="ws/http: port, 0 for any free one (default 0)")
+    parser.add_argument("--tools", type=int, default=1, help="how many tools to list, echo first (default 1)")
+    parser.add_argument(
+        "--read-only", action="store_true", help="annotate echo readOnlyHint/idempotentHint (cache, dedup)"
+    )
     args = parser.parse_args(argv)
+    configure(tools=args.tools, read_only=args.read_only)
     if args.transport != "stdio":
         import uvloop
 
