@@ -221,9 +221,15 @@ class Backend:
 
         Through the circuit breaker; sent again after a link failure only if ``retryable`` (the caller
         knows the request is safe to repeat), all within ``timeout``."""
+        resilience = self.resilience
+        if not resilience.retries(retryable):
+            # The common case, sent at most once: the breaker's bookkeeping without the retry loop's
+            # closure, clock readings and extra awaits (this runs on every call).
+            probe = resilience.admit_first(timeout)
+            return await resilience.settled(probe, self._attempt(session, method, params, timeout, False))
         deadline = asyncio.get_running_loop().time() + timeout
-        return await self.resilience.run(
-            lambda remaining, is_retry: self._attempt(session, method, dict(params), remaining, is_retry),
+        return await resilience.run(
+            lambda remaining, is_retry: self._attempt(session, method, params, remaining, is_retry),
             retryable=retryable,
             deadline=deadline,
         )
@@ -231,9 +237,13 @@ class Backend:
     async def _attempt(
         self, session: ClientIdentity, method: str, params: dict[str, Any], timeout: float, is_retry: bool
     ) -> Message:
-        timeout = await self.recovery.wait_running(timeout, is_retry)
-        link = await self._link_for(session, timeout)
-        progress_id = self._traffic.remap_progress(session.id, params)
+        # ``params`` is the caller's and is never changed here, so every attempt starts from the same.
+        if self.state != "ready":
+            # Recovery fails the call fast, or lets a retry wait for a restart under way.
+            timeout = await self.recovery.wait_running(timeout, is_retry)
+        # A shared link needs no await (the catalog link is open or the call fails at once).
+        link = self.catalog() if self.shared else await self._link_for(session, timeout)
+        params, progress_id = self._traffic.remap_progress(session.id, params)
         self._inflight[session.id] += 1
         try:
             if not link.modern:

@@ -39,16 +39,16 @@ class ServerTraffic:
 
     # -- progress tokens ----------------------------------------------------------------------------------
 
-    def remap_progress(self, session_id: str, params: dict[str, Any]) -> int | None:
+    def remap_progress(self, session_id: str, params: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         """Progress tokens are chosen by clients and may collide; the backend sees the gateway's own.
-        Changes ``params`` in place; returns the gateway's token, to ``forget_progress`` afterwards."""
+        Returns the params to send (a copy only when a token was swapped: ``params`` stays as it was, for
+        a retry) and the gateway's token, to ``forget_progress`` afterwards."""
         meta = params.get("_meta")
         if not isinstance(meta, dict) or "progressToken" not in meta:
-            return None
+            return params, None
         progress_id = next(self._progress_ids)
         self._progress[progress_id] = (session_id, meta["progressToken"])
-        params["_meta"] = {**meta, "progressToken": progress_id}
-        return progress_id
+        return {**params, "_meta": {**meta, "progressToken": progress_id}}, progress_id
 
     def forget_progress(self, progress_id: int) -> None:
         self._progress.pop(progress_id, None)

@@ -182,27 +182,34 @@ class Context:
     protocol_version: str | None = None
     # Who sent it, as the session's authentication established it.
     principal: Principal = ANONYMOUS
-    _data: dict[Key[Any], Any] = field(default_factory=dict)
-    _limits: list[Callable[[Route], bool]] = field(default_factory=list)
+    # Made on the first ``set``: most messages never carry plugin data, so most contexts need no dict.
+    _data: dict[Key[Any], Any] | None = None
+    # A tuple, replaced on each restriction: most messages have none, and then nothing is allocated.
+    _limits: tuple[Callable[[Route], bool], ...] = ()
 
     def restrict(self, allows: Callable[[Route], bool]) -> None:
         """Narrow what this message may reach and see: list results keep only the items whose route
         ``allows`` accepts, and a call to anything else is answered as if it did not exist. Plugins call
         it before ``call_next``; restrictions only ever add up."""
-        self._limits.append(allows)
+        self._limits = (*self._limits, allows)
 
     def allows(self, route: Route) -> bool:
         """Whether every restriction placed on this message lets it reach ``route``."""
-        return all(allows(route) for allows in self._limits)
+        # Most messages carry no restriction: no generator is made for them.
+        return not self._limits or all(allows(route) for allows in self._limits)
 
     @property
     def restricted(self) -> bool:
         return bool(self._limits)
 
     def get(self, key: Key[T], default: T | None = None) -> T | None:
+        if self._data is None:
+            return default
         return self._data.get(key, default)
 
     def set(self, key: Key[T], value: T) -> None:
+        if self._data is None:
+            self._data = {}
         self._data[key] = value
 
     def remaining(self) -> float:

@@ -146,7 +146,8 @@ class AsyncBreaker:
         if probe:
             self._probe_in_flight = False
             self._transition(self._breaker.close)
-        elif self.closed:
+        elif self._storage.counter and self.closed:
+            # Reading the counter first skips the state look-up after every success in a row.
             self._storage.reset_counter()
         # A straggler that answers while open says nothing about now: only the probe closes it.
 
@@ -199,7 +200,7 @@ class Resilience:
         failure only when ``retryable``, the budget allows, the deadline leaves room, and the breaker is
         not open. ``deadline`` is on the event loop's clock."""
         self.budget.earn()
-        if not retryable or self.retry.attempts == 1:
+        if not self.retries(retryable):
             return await self._guarded(attempt, deadline, False)
         retrying = AsyncRetrying(
             stop=self._stop_for(deadline),
@@ -215,26 +216,54 @@ class Resilience:
                 return await self._guarded(attempt, deadline, try_.retry_state.attempt_number > 1)
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
 
+    def retries(self, retryable: bool) -> bool:
+        """Whether a call may be sent more than once; when not, ``admit_first`` and ``settled`` are all of
+        ``run`` and a caller on the hot path may use them directly, without ``run``'s closure and layers."""
+        return retryable and self.retry.attempts > 1
+
+    def admit_first(self, remaining: float) -> bool:
+        """Before a call's first (or only) attempt: it earns the retry budget its share, then the breaker
+        decides (raises ``BackendTimeout`` or ``BreakerOpen``). Returns whether the attempt is the probe;
+        the caller must then await the attempt through ``settled``."""
+        self.budget.earn()
+        return self._admit(remaining)
+
+    async def settled(self, probe: bool, attempt: Awaitable[T]) -> T:
+        """Await one admitted attempt and tell the breaker how it went."""
+        try:
+            result = await attempt
+        except BaseException as exc:
+            self._record_failure(probe, exc)
+            raise
+        if self.breaker is not None:
+            self.breaker.succeeded(probe)
+        return result
+
     async def _guarded(self, attempt: Attempt[T], deadline: float, is_retry: bool) -> T:
         remaining = deadline - asyncio.get_running_loop().time()
+        probe = self._admit(remaining)
+        try:
+            pending = attempt(remaining, is_retry)
+        except BaseException as exc:
+            self._record_failure(probe, exc)
+            raise
+        return await self.settled(probe, pending)
+
+    def _admit(self, remaining: float) -> bool:
         if remaining <= 0:
             raise BackendTimeout(f"backend {self.name!r}: the request's deadline passed")
+        return self.breaker.admit() if self.breaker is not None else False
+
+    def _record_failure(self, probe: bool, exc: BaseException) -> None:
         breaker = self.breaker
-        probe = breaker.admit() if breaker is not None else False
-        try:
-            result = await attempt(remaining, is_retry)
-        except (BackendUnavailable, BackendTimeout) as exc:
-            if breaker is not None:
-                # Nothing reached a backend that is down; only real link failures count.
-                breaker.abandoned(probe) if isinstance(exc, BackendDown) else breaker.failed(probe)
-            raise
-        except BaseException:
-            if breaker is not None:
-                breaker.abandoned(probe)
-            raise
-        if breaker is not None:
-            breaker.succeeded(probe)
-        return result
+        if breaker is None:
+            return
+        if isinstance(exc, BackendUnavailable | BackendTimeout) and not isinstance(exc, BackendDown):
+            breaker.failed(probe)
+        else:
+            # Nothing reached a backend that is down, and a cancelled or failed-here attempt proves
+            # nothing either way: only real link failures count.
+            breaker.abandoned(probe)
 
     def _stop_for(self, deadline: float) -> Callable[[RetryCallState], bool]:
         def stop(state: RetryCallState) -> bool:

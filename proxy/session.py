@@ -101,6 +101,9 @@ class Session:
         self._outbox: asyncio.Queue[tuple[Context, Message]] = asyncio.Queue()
         self._courier: asyncio.Task[None] | None = None
         self._metrics = gateway.metrics
+        # Sessions are made by transports' handlers, on the loop that runs them; kept because Python
+        # 3.11's get_running_loop() makes a getpid() system call, and every request needs the loop.
+        self._loop = asyncio.get_running_loop()
         # Whether a modern-era request has been answered (for the sessions metric's ``era`` label).
         self._modern = False
         gateway.register(self)
@@ -174,7 +177,7 @@ class Session:
 
     def _track(self, request_id: RequestId, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         # Requests run as tasks of their own, so a slow call never holds up the next frame.
-        task = asyncio.get_running_loop().create_task(work)
+        task = self._loop.create_task(work)
         self._inflight[request_id] = task
         task.add_done_callback(lambda _: self._forget(request_id, task))
         return task
@@ -365,7 +368,13 @@ class Session:
             await self.gateway.to_client.dispatch(ctx, message)
 
     async def _respond(self, message: Message) -> None:
-        await self._transmit(self._channel.respond(jsonrpc.dumps(message), message.get("id")))
+        # What ``_transmit`` does, inline: every reply passes here, and a coroutine layer costs each one.
+        if self.closed:
+            return
+        try:
+            await self._channel.respond(jsonrpc.dumps(message), message.get("id"))
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("session %s: could not send to the client: %s", self.id, exc)
 
     async def _send(self, message: Message, related: RequestId | None) -> None:
         await self._transmit(self._channel.send(jsonrpc.dumps(message), related))

@@ -112,11 +112,17 @@ class StdioConnector(Connector):
         process = self.process
         if process is None or process.stdin is None or process.returncode is not None:
             raise BackendUnavailable(f"backend {self.backend!r} is not running")
+        stdin = process.stdin
         try:
             # One write() per message keeps lines whole even with many senders; drain() may be awaited
             # concurrently.
-            process.stdin.write(data + b"\n")
-            await process.stdin.drain()
+            stdin.write(data + b"\n")
+            transport = stdin.transport
+            # drain() only waits while the pipe's buffer is above its high-water mark and only fails once
+            # the pipe is closing; when the write went straight out and the pipe is open it would return
+            # at once, so the usual call skips its two coroutine layers.
+            if transport.get_write_buffer_size() or transport.is_closing():
+                await stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"backend {self.backend!r} stopped accepting input: {exc}") from None
 

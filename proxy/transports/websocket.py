@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -34,14 +36,16 @@ class WebSocketChannel:
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
 
-    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
-        await self.ws.send_frame(frame, WSMsgType.TEXT)
+    # ``respond`` and ``send`` return aiohttp's own send coroutine rather than awaiting it in one of their
+    # own: every reply passes here, and the extra coroutine layer would cost each of them.
+    def respond(self, frame: bytes, request_id: RequestId | None) -> Coroutine[Any, Any, None]:
+        return self.ws.send_frame(frame, WSMsgType.TEXT)
 
     def finished(self, request_id: RequestId) -> None:
         return None  # one stream for everything: nothing to close per request
 
-    async def send(self, frame: bytes, related: RequestId | None) -> None:
-        await self.ws.send_frame(frame, WSMsgType.TEXT)
+    def send(self, frame: bytes, related: RequestId | None) -> Coroutine[Any, Any, None]:
+        return self.ws.send_frame(frame, WSMsgType.TEXT)
 
     async def close(self, reason: str) -> None:
         # 1008, policy violation: the close frame's reason (at most 123 bytes) is what the client reads.
