@@ -14,7 +14,7 @@ from aiohttp import web
 
 from plugins.auth.cli import add_token_commands, run_token_command
 from plugins.policy.cli import add_policy_commands, run_policy_command
-from proxy import __version__, config
+from proxy import __version__, config, heap
 from proxy.app import build_app
 from proxy.errors import ConfigError
 from proxy.gateway import Gateway
@@ -177,6 +177,8 @@ async def _serve(gateway: Gateway) -> None:
     except BaseException:
         await runner.cleanup()
         raise
+    # Started, backends and all: what lives now lives as long as the process (proxy.heap).
+    heap.manage()
     port = _bound_port(runner, listen.port)
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     live = ", ".join(f"{b.name} ({len(b.lists.tools)} tools)" for b in gateway.live_backends()) or "none"

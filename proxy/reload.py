@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+from proxy import heap
 from proxy.chain import NamedPlugin
 from proxy.config import GatewayConfig, load
 from proxy.errors import BackendUnavailable, ConfigError
@@ -70,6 +71,7 @@ class Reloader:
             for section in _RESTART_SECTIONS
             if getattr(fresh, section) != getattr(self.gateway.config, section)
         ]
+        heap.settle()
         log.info("config reloaded from %s: %s", self.source, outcome)
         return outcome
 
@@ -87,6 +89,7 @@ class Reloader:
         finally:
             # Also when the gateway stops meanwhile (close() cancels this): they are closed either way.
             await asyncio.shield(close_plugins(plugins))
+        heap.settle()
 
     async def close(self) -> None:
         """The gateway stops: retired plugins still waiting are closed now."""
