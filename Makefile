@@ -46,12 +46,18 @@ unit: $(STAMP) interop-setup services-setup
 # pytest runs last, so its summary is the closing line of the run.
 test: lint typecheck bench-smoke conformance unit
 
+# The whole benchmark (several minutes): closed loop, the open-loop scenarios and sweeps, the scale
+# scenarios, then bench/plots/*.png and the tables from bench/out/*.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench.core_ws
+	$(BIN)/python -m bench.open_loop --sweep
+	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.report
 
 # Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
 bench-smoke: $(STAMP)
-	$(BIN)/python -m bench.core_ws --smoke && $(BIN)/python -m bench.open_loop --smoke
+	$(BIN)/python -m bench.core_ws --smoke && $(BIN)/python -m bench.open_loop --smoke \
+		&& $(BIN)/python -m bench.scale --smoke
 
 # The README's picture of the web console, taken by its browser test from the demo config.
 console-screenshot: $(STAMP) services-setup

@@ -485,10 +485,20 @@ def write_config(workdir: Path) -> Path:
 
 
 async def start_gateway(
-    children: Children, workdir: Path, tree: Path = REPO, prefix: Sequence[str] = ()
+    children: Children,
+    workdir: Path,
+    tree: Path = REPO,
+    prefix: Sequence[str] = (),
+    config: Path | None = None,
+    ready_marker: bytes = b"null (1 tools)",
 ) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``python -m proxy serve`` (after ``prefix``, e.g. ``taskset -c 0``); its process and ws URL."""
-    config = write_config(workdir)
+    """Start ``python -m proxy serve`` (after ``prefix``, e.g. ``taskset -c 0``); its process and ws URL.
+
+    ``config`` defaults to ``write_config``'s one null backend; the start counts only once the ready line
+    holds ``ready_marker`` (a backend that came up with its tools).
+    """
+    if config is None:
+        config = write_config(workdir)
     log_path = workdir / "gateway.stderr"
     # stderr goes to a file: an unread pipe would fill up and stall the gateway mid-run.
     with log_path.open("ab") as stderr:
@@ -516,7 +526,7 @@ async def start_gateway(
     except TimeoutError:
         line = b""
     found = _READY.search(line)
-    if found is None or b"null (1 tools)" not in line:
+    if found is None or ready_marker not in line:
         await children.stop(gateway)
         log = log_path.read_text(errors="replace")[-2000:]
         raise BenchError(f"the gateway did not come up: {line!r}\n{log}")

@@ -13,9 +13,11 @@ out during it. The calls are spread round-robin over ``connections`` connections
 
 The first ``warmup`` seconds of calls are sent and checked but not timed. Latencies go into an
 HdrHistogram in microseconds (3 significant digits, up to 60 s). Every reply is checked (the echoed text
-carries the call's id); a call with no good reply within ``timeout`` seconds of its intended time is a
-timeout. ``send_lag`` is how late the generator itself got a call out (timer resolution, a busy loop, a
-full socket buffer): when it is large, so is every latency.
+carries the call's id, or is ``fixed_text`` when every call sends that one text so a cache can answer it);
+a call with no good reply within ``timeout`` seconds of its intended time is a timeout. ``headers`` go on
+the WebSocket upgrade and on every HTTP POST (a bearer token for a gateway with ``auth``). ``send_lag``
+is how late the generator itself got a call out (timer resolution, a busy loop, a full socket buffer):
+when it is large, so is every latency.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -58,6 +60,28 @@ class LoadSpec:
     connections: int = 4
     warmup: float = 0.0
     timeout: float = 5.0
+    # Sent on the WebSocket upgrade and on every HTTP POST (e.g. ``Authorization: Bearer ...``).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Every call sends this text (so a cache can answer it) instead of one that carries the call's id.
+    fixed_text: str | None = None
+
+    def call(self, request_id: int) -> bytes:
+        if self.fixed_text is None:
+            return call_message(self.tool, request_id)
+        params = {"name": self.tool, "arguments": {"text": self.fixed_text}}
+        return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
+
+    def check(self, reply: dict[str, Any]) -> str:
+        """Why a tools/call reply is wrong, or "" if it is right."""
+        if self.fixed_text is None:
+            return check_call_reply(reply)
+        if "error" in reply:
+            return f"error reply: {reply['error']}"
+        result = reply.get("result")
+        content = result.get("content") if isinstance(result, dict) else None
+        if not isinstance(content, list) or not content or content[0].get("text") != self.fixed_text:
+            return f"wrong echo: {result!r}, expected {self.fixed_text!r}"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +113,7 @@ class _Recorder:
     """Counts every call's fate; times the ones in the measured window."""
 
     def __init__(self, spec: LoadSpec) -> None:
+        self.check = spec.check
         self.latency_us = HdrHistogram(1, _HIGHEST_US, _SIGNIFICANT_DIGITS)
         self.send_lag_us = HdrHistogram(1, _HIGHEST_US, _SIGNIFICANT_DIGITS)
         self.timeout_ns = int(spec.timeout * 1e9)
@@ -112,7 +137,7 @@ class _Recorder:
 
     def replied(self, intended_ns: int, reply: dict[str, Any]) -> None:
         now = time.perf_counter_ns()
-        why = check_call_reply(reply)
+        why = self.check(reply)
         if why:
             self.fail(why)
         elif now - intended_ns > self.timeout_ns:
@@ -205,7 +230,10 @@ class WebSocketConnection(Connection):
         self.closed = False
 
     async def open(self) -> None:
-        self.channel = await WebSocketChannel.connect(self.spec.url)
+        if self.spec.headers:
+            self.channel = await _connect_with_headers(self.spec.url, self.spec.headers)
+        else:
+            self.channel = await WebSocketChannel.connect(self.spec.url)
         await Client(self.channel, self.spec.tool).handshake()
         self.reader = asyncio.create_task(self._read(self.channel))
 
@@ -237,7 +265,7 @@ class WebSocketConnection(Connection):
         for request_id, intended in calls:
             self.pending[request_id] = intended
         try:
-            await self.channel.send([call_message(self.spec.tool, request_id) for request_id, _ in calls])
+            await self.channel.send([self.spec.call(request_id) for request_id, _ in calls])
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
             unsent = [request_id for request_id, _ in calls if self.pending.pop(request_id, None) is not None]
             self.recorder.fail(f"send failed: {exc!r}", len(unsent))
@@ -256,6 +284,24 @@ class WebSocketConnection(Connection):
             await self.channel.close()
 
 
+async def _connect_with_headers(url: str, headers: Mapping[str, str]) -> WebSocketChannel:
+    """``WebSocketChannel.connect`` with extra headers on the upgrade request (a bearer token)."""
+    http = aiohttp.ClientSession()
+    try:
+        ws = await http.ws_connect(url, protocols=("mcp",), decode_text=False, headers=dict(headers))
+    except aiohttp.WSServerHandshakeError as exc:
+        await http.close()
+        raise BenchError(f"the WebSocket upgrade was refused: {exc.status} {exc.message}") from exc
+    except BaseException:
+        await http.close()
+        raise
+    if ws.protocol != "mcp":
+        await ws.close()
+        await http.close()
+        raise BenchError(f"the server did not accept the mcp subprotocol (got {ws.protocol!r})")
+    return WebSocketChannel(http, ws)
+
+
 SESSION_HEADER = "Mcp-Session-Id"
 
 
@@ -269,6 +315,7 @@ class HttpConnection(Connection):
 
     async def open(self) -> None:
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        headers.update(self.spec.headers)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers=headers)
         params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
         initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
@@ -309,7 +356,7 @@ class HttpConnection(Connection):
         deadline = (intended + self.recorder.timeout_ns - time.perf_counter_ns()) / 1e9
         try:
             async with asyncio.timeout(max(0.0, deadline)):
-                reply = await self._request(call_message(self.spec.tool, request_id))
+                reply = await self._request(self.spec.call(request_id))
         except TimeoutError:
             self.recorder.timed_out()
         except (BenchError, aiohttp.ClientError, ConnectionError, orjson.JSONDecodeError) as exc:
