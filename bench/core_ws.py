@@ -31,10 +31,10 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import aiohttp
 import orjson
@@ -173,6 +173,19 @@ class Children:
             await self.stop(process)
 
 
+@contextlib.asynccontextmanager
+async def children_and_workdir(prefix: str) -> AsyncIterator[tuple[Children, Path]]:
+    """The processes a run starts and a fresh directory for their files: both gone at the end, on errors
+    and Ctrl-C too, so no server outlives the benchmark."""
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield children, workdir
+    finally:
+        await children.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # -- channels: one JSON-RPC connection, stdio or WebSocket --------------------------------------------------
 
 
@@ -228,18 +241,28 @@ class WebSocketChannel(Channel):
         self._ws = ws
 
     @classmethod
-    async def connect(cls, url: str) -> WebSocketChannel:
+    async def connect(cls, url: str, headers: Mapping[str, str] | None = None) -> WebSocketChannel:
+        """Open the WebSocket, with ``headers`` (a bearer token) on the upgrade request."""
         http = aiohttp.ClientSession()
         try:
             # decode_text=False hands text frames over as bytes: orjson reads them without a UTF-8 copy.
-            ws = await http.ws_connect(url, protocols=("mcp",), decode_text=False, autoping=True)
+            ws = await http.ws_connect(
+                url,
+                protocols=("mcp",),
+                decode_text=False,
+                autoping=True,
+                headers=dict(headers) if headers else None,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            await http.close()
+            raise BenchError(f"the WebSocket upgrade was refused: {exc.status} {exc.message}") from exc
         except BaseException:
             await http.close()
             raise
         if ws.protocol != "mcp":
             await ws.close()
             await http.close()
-            raise BenchError(f"the gateway did not accept the mcp subprotocol (got {ws.protocol!r})")
+            raise BenchError(f"the server did not accept the mcp subprotocol (got {ws.protocol!r})")
         return cls(http, ws)
 
     async def receive(self) -> list[bytes]:
@@ -445,18 +468,28 @@ def backend_env() -> dict[str, str]:
     return {name: os.environ[name] for name in BACKEND_ENV if name in os.environ}
 
 
+async def spawn_null_backend(
+    children: Children, stderr: IO[bytes], *args: str, prefix: Sequence[str] = ()
+) -> asyncio.subprocess.Process:
+    """Start ``python -m bench.null_backend args`` (after ``prefix``, e.g. ``taskset -c 1``), stdin and
+    stdout piped, with the environment a gateway's backend would get."""
+    return await children.spawn(
+        *prefix,
+        sys.executable,
+        "-m",
+        "bench.null_backend",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        cwd=REPO,
+        env=backend_env(),
+    )
+
+
 async def run_direct(children: Children, workdir: Path, settings: Settings) -> RunResult:
     with (workdir / "direct.stderr").open("ab") as stderr:
-        backend = await children.spawn(
-            sys.executable,
-            "-m",
-            "bench.null_backend",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            cwd=REPO,
-            env=backend_env(),
-        )
+        backend = await spawn_null_backend(children, stderr)
     channel = StdioChannel(backend)
     try:
         client = Client(channel, "echo")
@@ -633,7 +666,7 @@ def machine() -> Iterator[str]:
     yield f"python {platform.python_version()} ({platform.python_implementation()}), {versions}"
 
 
-def _describe_tree(tree: Path) -> str:
+def describe_tree(tree: Path) -> str:
     """The tree and, when it is a git checkout, its commit and whether proxy/ has local changes."""
     git = shutil.which("git")
     if git is None:
@@ -659,27 +692,23 @@ async def main_async(args: argparse.Namespace) -> int:
     for line in machine():
         print(line)
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    print(f"gateway: {_describe_tree(args.gateway_tree)}", flush=True)
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="portico-bench-"))
+    print(f"gateway: {describe_tree(args.gateway_tree)}", flush=True)
     runs: list[RunResult] = []
     started = time.monotonic()
     try:
-        if args.smoke:
-            smoke = Settings(args.concurrency, 0.25, 1.0, args.gateway_tree)
-            runs += await run_pass(children, workdir, smoke, 1)
-        else:
-            main_pass = Settings(args.concurrency, args.warmup, args.seconds, args.gateway_tree)
-            runs += await run_pass(children, workdir, main_pass, args.repeats)
-            if args.concurrency != 1:
-                serial = Settings(1, args.warmup, args.seconds, args.gateway_tree)
-                runs += await run_pass(children, workdir, serial, args.repeats)
+        async with children_and_workdir("portico-bench-") as (children, workdir):
+            if args.smoke:
+                smoke = Settings(args.concurrency, 0.25, 1.0, args.gateway_tree)
+                runs += await run_pass(children, workdir, smoke, 1)
+            else:
+                main_pass = Settings(args.concurrency, args.warmup, args.seconds, args.gateway_tree)
+                runs += await run_pass(children, workdir, main_pass, args.repeats)
+                if args.concurrency != 1:
+                    serial = Settings(1, args.warmup, args.seconds, args.gateway_tree)
+                    runs += await run_pass(children, workdir, serial, args.repeats)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await children.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     errors = sum(r.errors for r in runs)
     ok = sum(r.ok for r in runs)
     print(f"\n{ok:,} calls succeeded, {errors} failed, {time.monotonic() - started:.1f} s in all")
@@ -715,6 +744,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seconds must be > 0, --concurrency and --repeats >= 1, --warmup >= 0")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main_async(args))
+
+
+def run_until_interrupted(main: Coroutine[Any, Any, int]) -> int:
+    """Run a bench's ``main_async`` on uvloop; Ctrl-C ends it with status 1 and one line, no traceback."""
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench: interrupted", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -85,6 +85,31 @@ class LoadSpec:
 
 
 @dataclass(frozen=True)
+class LoadSettings:
+    """How hard and how long to load a system, whatever it is (``bench.open_loop`` and ``bench.peers``)."""
+
+    rate: float
+    seconds: float
+    warmup: float
+    connections: int
+    timeout: float
+
+    def spec(self, url: str, transport: str, tool: str, **extra: Any) -> LoadSpec:
+        """The run of these settings against ``tool`` at ``url``; ``extra`` as ``headers``, ``fixed_text``."""
+        return LoadSpec(
+            url,
+            transport,
+            tool,
+            self.rate,
+            self.seconds,
+            self.connections,
+            self.warmup,
+            self.timeout,
+            **extra,
+        )
+
+
+@dataclass(frozen=True)
 class LoadResult:
     """What a run measured; latencies in ms, over the calls after the warm-up that succeeded in time."""
 
@@ -109,7 +134,7 @@ class LoadResult:
         return self.errors + self.timeouts
 
 
-class _Recorder:
+class Recorder:
     """Counts every call's fate; times the ones in the measured window."""
 
     def __init__(self, spec: LoadSpec) -> None:
@@ -201,7 +226,7 @@ class _Recorder:
 
 
 class Connection(ABC):
-    def __init__(self, spec: LoadSpec, recorder: _Recorder) -> None:
+    def __init__(self, spec: LoadSpec, recorder: Recorder) -> None:
         self.spec = spec
         self.recorder = recorder
 
@@ -222,7 +247,7 @@ class Connection(ABC):
 
 
 class WebSocketConnection(Connection):
-    def __init__(self, spec: LoadSpec, recorder: _Recorder) -> None:
+    def __init__(self, spec: LoadSpec, recorder: Recorder) -> None:
         super().__init__(spec, recorder)
         self.channel: WebSocketChannel | None = None
         self.pending: dict[int, int] = {}
@@ -230,10 +255,7 @@ class WebSocketConnection(Connection):
         self.closed = False
 
     async def open(self) -> None:
-        if self.spec.headers:
-            self.channel = await _connect_with_headers(self.spec.url, self.spec.headers)
-        else:
-            self.channel = await WebSocketChannel.connect(self.spec.url)
+        self.channel = await WebSocketChannel.connect(self.spec.url, self.spec.headers)
         await Client(self.channel, self.spec.tool).handshake()
         self.reader = asyncio.create_task(self._read(self.channel))
 
@@ -284,31 +306,13 @@ class WebSocketConnection(Connection):
             await self.channel.close()
 
 
-async def _connect_with_headers(url: str, headers: Mapping[str, str]) -> WebSocketChannel:
-    """``WebSocketChannel.connect`` with extra headers on the upgrade request (a bearer token)."""
-    http = aiohttp.ClientSession()
-    try:
-        ws = await http.ws_connect(url, protocols=("mcp",), decode_text=False, headers=dict(headers))
-    except aiohttp.WSServerHandshakeError as exc:
-        await http.close()
-        raise BenchError(f"the WebSocket upgrade was refused: {exc.status} {exc.message}") from exc
-    except BaseException:
-        await http.close()
-        raise
-    if ws.protocol != "mcp":
-        await ws.close()
-        await http.close()
-        raise BenchError(f"the server did not accept the mcp subprotocol (got {ws.protocol!r})")
-    return WebSocketChannel(http, ws)
-
-
 SESSION_HEADER = "Mcp-Session-Id"
 
 
 class HttpConnection(Connection):
     """One keep-alive TCP connection (a pool of one) carrying one Streamable HTTP session."""
 
-    def __init__(self, spec: LoadSpec, recorder: _Recorder) -> None:
+    def __init__(self, spec: LoadSpec, recorder: Recorder) -> None:
         super().__init__(spec, recorder)
         self.http: aiohttp.ClientSession | None = None
         self.calls: set[asyncio.Task[None]] = set()
@@ -389,7 +393,7 @@ def _last_sse_message(raw: bytes) -> dict[str, Any]:
     return message
 
 
-CONNECTIONS: dict[str, Callable[[LoadSpec, _Recorder], Connection]] = {
+CONNECTIONS: dict[str, Callable[[LoadSpec, Recorder], Connection]] = {
     "ws": WebSocketConnection,
     "http": HttpConnection,
 }
@@ -411,7 +415,7 @@ async def run(
     """
     if spec.rate <= 0 or spec.seconds <= 0 or spec.connections < 1 or spec.warmup < 0:
         raise ValueError("rate and seconds must be > 0, connections >= 1, warmup >= 0")
-    recorder = _Recorder(spec)
+    recorder = Recorder(spec)
     connections = [CONNECTIONS[spec.transport](spec, recorder) for _ in range(spec.connections)]
     try:
         async with asyncio.timeout(spec.timeout + 30):
@@ -434,7 +438,7 @@ async def run(
 async def _send_on_schedule(
     spec: LoadSpec,
     connections: Sequence[Connection],
-    recorder: _Recorder,
+    recorder: Recorder,
     on_window_start: Callable[[], None] | None,
 ) -> None:
     clock = time.perf_counter_ns

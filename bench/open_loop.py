@@ -35,7 +35,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import uvloop
 
 from bench import loadgen
 from bench.core_ws import (
@@ -55,12 +53,15 @@ from bench.core_ws import (
     Client,
     RunResult,
     WebSocketChannel,
-    backend_env,
+    children_and_workdir,
     cpu_probe,
     cpu_seconds,
     descendants,
     machine,
+    run_until_interrupted,
+    spawn_null_backend,
 )
+from bench.loadgen import LoadSettings
 from bench.scenarios import SCENARIOS, Gateway, Scenario, chain_counters, start_gateway
 
 EMPTY = SCENARIOS["empty"]
@@ -177,31 +178,6 @@ def measured_closed(system: str, run: RunResult) -> Measurement:
 
 
 @dataclass(frozen=True)
-class Options:
-    """The settings of one open-loop run (``bench.peers`` builds these too)."""
-
-    transports: tuple[str, ...]
-    rate: float
-    seconds: float
-    warmup: float
-    connections: int
-    timeout: float
-
-    def spec(self, url: str, transport: str, tool: str, **extra: Any) -> loadgen.LoadSpec:
-        return loadgen.LoadSpec(
-            url,
-            transport,
-            tool,
-            self.rate,
-            self.seconds,
-            self.connections,
-            self.warmup,
-            self.timeout,
-            **extra,
-        )
-
-
-@dataclass(frozen=True)
 class Sweep:
     """Everything one invocation runs: scenarios x transports x rates, then the concurrency levels."""
 
@@ -217,8 +193,8 @@ class Sweep:
     # The smoke run puts the plugin chains through the gateway only, over fewer runs, to stay short.
     smoke: bool = False
 
-    def at(self, rate: float) -> Options:
-        return Options(self.transports, rate, self.seconds, self.warmup, self.connections, self.timeout)
+    def at(self, rate: float) -> LoadSettings:
+        return LoadSettings(rate, self.seconds, self.warmup, self.connections, self.timeout)
 
 
 # -- CPU placement ----------------------------------------------------------------------------------------
@@ -266,21 +242,15 @@ async def start_null_backend(
     ``extra_args`` such as ``--tools N``); its process and URL."""
     with (workdir / f"null-{transport}.stderr").open("ab") as stderr:
         # stdin stays a pipe nobody writes to: the backend stops by itself when it closes.
-        backend = await children.spawn(
-            *(placement.prefix(LOAD_CPU) if placement is not None else ()),
-            sys.executable,
-            "-m",
-            "bench.null_backend",
+        backend = await spawn_null_backend(
+            children,
+            stderr,
             "--transport",
             transport,
             "--port",
             "0",
             *extra_args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            cwd=REPO,
-            env=backend_env(),
+            prefix=placement.prefix(LOAD_CPU) if placement is not None else (),
         )
     assert backend.stdout is not None
     with contextlib.suppress(TimeoutError):
@@ -295,7 +265,7 @@ async def start_null_backend(
 
 
 async def run_direct(
-    children: Children, workdir: Path, transport: str, options: Options, scenario: Scenario = EMPTY
+    children: Children, workdir: Path, transport: str, options: LoadSettings, scenario: Scenario = EMPTY
 ) -> Row:
     placement = Placement()
     backend, url = await start_null_backend(children, workdir, transport, placement, scenario.backend_args)
@@ -314,7 +284,7 @@ async def start_placed_gateway(children: Children, workdir: Path, scenario: Scen
 
 
 async def run_gateway(
-    children: Children, workdir: Path, transport: str, options: Options, scenario: Scenario = EMPTY
+    children: Children, workdir: Path, transport: str, options: LoadSettings, scenario: Scenario = EMPTY
 ) -> Row:
     gateway = await start_placed_gateway(children, workdir, scenario)
     pid = gateway.process.pid
@@ -370,7 +340,7 @@ Step = Callable[[Children, Path], Awaitable[Measurement]]
 
 
 def _open_step(
-    runner: Callable[..., Awaitable[Row]], transport: str, options: Options, scenario: Scenario
+    runner: Callable[..., Awaitable[Row]], transport: str, options: LoadSettings, scenario: Scenario
 ) -> Step:
     async def step(children: Children, workdir: Path) -> Measurement:
         return measured_open(await runner(children, workdir, transport, options, scenario))
@@ -470,7 +440,7 @@ def write_results(options: Sweep, context: list[str], rows: Sequence[Measurement
 async def main_async(options: Sweep) -> int:
     task = asyncio.current_task()
     assert task is not None
-    # SIGTERM ends the run the way Ctrl-C does: through the finally below, which stops every child.
+    # SIGTERM ends the run the way Ctrl-C does: through children_and_workdir, which stops every child.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     placement = Placement()
     context = [
@@ -491,20 +461,17 @@ async def main_async(options: Sweep) -> int:
         print(f"closed loop (ws, empty chain): C = {', '.join(map(str, options.concurrency))}")
     sys.stdout.flush()
     placement.pin_self()
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="portico-open-loop-"))
     rows: list[Measurement] = []
     try:
-        for step in plan(options):
-            row = await step(children, workdir)
-            rows.append(row)
-            print(describe_row(row), flush=True)
+        async with children_and_workdir("portico-open-loop-") as (children, workdir):
+            for step in plan(options):
+                row = await step(children, workdir)
+                rows.append(row)
+                print(describe_row(row), flush=True)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        await children.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
         if rows:
             print(f"results: {write_results(options, context, rows)}")
     print(table(rows))
@@ -617,12 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         or options.warmup < 0
     ):
         parser.error("rates and --seconds must be > 0, --connections >= 1, --warmup >= 0")
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main_async(options))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("bench: interrupted", file=sys.stderr)
-        return 1
+    return run_until_interrupted(main_async(options))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import itertools
 import math
 import secrets
 import shlex
-import shutil
 import signal
 import socket
 import sys
@@ -44,7 +43,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import uvloop
 
 from bench import loadgen
 from bench.core_ws import (
@@ -54,13 +52,16 @@ from bench.core_ws import (
     STARTUP_SECONDS,
     BenchError,
     Children,
-    _describe_tree,
     backend_env,
+    children_and_workdir,
     cpu_seconds,
     descendants,
+    describe_tree,
     machine,
+    run_until_interrupted,
     start_gateway,
 )
+from bench.loadgen import LoadSettings
 from bench.open_loop import GATEWAY_CPU, Placement
 
 PEERS_DIR = REPO / "bench" / ".peers"
@@ -205,7 +206,7 @@ loadgen.CONNECTIONS[PEER_TRANSPORT] = PeerHttpConnection
 async def discover_echo_tool(url: str, headers: dict[str, str]) -> str:
     """The name the peer lists the backend's ``echo`` tool under (some add a prefix)."""
     spec = loadgen.LoadSpec(url, PEER_TRANSPORT, "", 1.0, 1.0, headers=headers)
-    connection = PeerHttpConnection(spec, loadgen._Recorder(spec))
+    connection = PeerHttpConnection(spec, loadgen.Recorder(spec))
     try:
         async with asyncio.timeout(STARTUP_SECONDS):
             await connection.open()
@@ -322,30 +323,8 @@ async def _wait_listening(process: asyncio.subprocess.Process, port: int, log: P
     raise BenchError(f"{why} on port {port}: {tail}")
 
 
-@dataclass(frozen=True)
-class Options:
-    rate: float
-    seconds: float
-    warmup: float
-    connections: int
-    timeout: float
-
-    def spec(self, url: str, transport: str, tool: str, headers: dict[str, str]) -> loadgen.LoadSpec:
-        return loadgen.LoadSpec(
-            url,
-            transport,
-            tool,
-            self.rate,
-            self.seconds,
-            self.connections,
-            self.warmup,
-            self.timeout,
-            headers,
-        )
-
-
 async def measure(
-    children: Children, workdir: Path, row: PeerRow, start: Starter, transport: str, options: Options
+    children: Children, workdir: Path, row: PeerRow, start: Starter, transport: str, options: LoadSettings
 ) -> PeerRow:
     """Start the system, find its echo tool, load it, and stop it (and everything it started)."""
     placement = Placement()
@@ -358,7 +337,7 @@ async def measure(
         tree = TreeCpu([process.pid for process in started.processes], placement)
         tracker = asyncio.create_task(tree.track())
         row.result = await loadgen.run(
-            options.spec(url, transport, tool, started.headers),
+            options.spec(url, transport, tool, headers=started.headers),
             on_window_start=tree.window_start,
             on_window_end=tree.window_end,
         )
@@ -378,27 +357,6 @@ async def measure(
     return row
 
 
-async def _spawn_server(
-    children: Children,
-    placement: Placement,
-    workdir: Path,
-    name: str,
-    argv: Sequence[str],
-    env: dict[str, str],
-) -> asyncio.subprocess.Process:
-    """Start one server process on the system-under-test CPU, its output to ``workdir/name.log``."""
-    with (workdir / f"{name}.log").open("ab") as output:
-        return await children.spawn(
-            *placement.prefix(GATEWAY_CPU),
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=workdir,  # fresh and empty: no stray .env or config file gets picked up
-            env=env,
-        )
-
-
 async def _serve(
     children: Children,
     placement: Placement,
@@ -407,8 +365,18 @@ async def _serve(
     argv: Sequence[str],
     env: dict[str, str],
 ) -> asyncio.subprocess.Process:
-    """``_spawn_server``, then wait until its port (the one in ``argv`` after ``--port``) accepts."""
-    process = await _spawn_server(children, placement, workdir, name, argv, env)
+    """Start one server process on the system-under-test CPU, its output to ``workdir/name.log``, and wait
+    until its port (the one in ``argv`` after ``--port``) accepts."""
+    with (workdir / f"{name}.log").open("ab") as output:
+        process = await children.spawn(
+            *placement.prefix(GATEWAY_CPU),
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=workdir,  # fresh and empty: no stray .env or config file gets picked up
+            env=env,
+        )
     port = int(argv[list(argv).index("--port") + 1])
     try:
         await _wait_listening(process, port, workdir / f"{name}.log")
@@ -544,7 +512,7 @@ def portico_starter(transport: str) -> Starter:
     return start
 
 
-async def run_peer(children: Children, workdir: Path, peer: Peer, options: Options) -> PeerRow:
+async def run_peer(children: Children, workdir: Path, peer: Peer, options: LoadSettings) -> PeerRow:
     row = PeerRow(peer.name, "streamable http", peer.version(), options.rate, note=peer.note)
     if not peer.entry.exists():
         row.failure = f"not installed ({peer.entry} missing): run bench/peers_setup.sh"
@@ -552,7 +520,7 @@ async def run_peer(children: Children, workdir: Path, peer: Peer, options: Optio
     return await measure(children, workdir, row, peer.start, PEER_TRANSPORT, options)
 
 
-async def run_portico(children: Children, workdir: Path, transport: str, options: Options) -> PeerRow:
+async def run_portico(children: Children, workdir: Path, transport: str, options: LoadSettings) -> PeerRow:
     name = "streamable http" if transport == "http" else "websocket"
     row = PeerRow("portico", name, _portico_version(), options.rate)
     # Over HTTP the same client as the peers (PeerHttpConnection); over WebSocket loadgen's own.
@@ -599,7 +567,7 @@ def table(rows: Sequence[PeerRow]) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: Sequence[PeerRow], header: Sequence[str], options: Options) -> None:
+def write_json(rows: Sequence[PeerRow], header: Sequence[str], options: LoadSettings) -> None:
     def encode(row: PeerRow) -> dict[str, Any]:
         data = dataclasses.asdict(row)
         data["result"] = None if row.result is None else dataclasses.asdict(row.result)
@@ -619,14 +587,14 @@ def write_json(rows: Sequence[PeerRow], header: Sequence[str], options: Options)
 # -- the command line ----------------------------------------------------------------------------------------
 
 
-async def main_async(rates: Sequence[float], options: Options, only: Sequence[str]) -> int:
+async def main_async(rates: Sequence[float], options: LoadSettings, only: Sequence[str]) -> int:
     task = asyncio.current_task()
     assert task is not None
-    # SIGTERM ends the run the way Ctrl-C does: through the finally below, which stops every child.
+    # SIGTERM ends the run the way Ctrl-C does: through children_and_workdir, which stops every child.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     placement = Placement()
     header = [*machine(), placement.describe(), f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
-    header.append(f"portico: {_describe_tree(REPO)}")
+    header.append(f"portico: {describe_tree(REPO)}")
     header.append(
         f"rates {', '.join(f'{rate:,.0f}' for rate in rates)} calls/s, {options.warmup:g} s warm-up + "
         f"{options.seconds:g} s over {options.connections} connection(s), timeout {options.timeout:g} s"
@@ -634,10 +602,8 @@ async def main_async(rates: Sequence[float], options: Options, only: Sequence[st
     print("\n".join(header), flush=True)
     placement.pin_self()
     peers = [peer for peer in PEERS if not only or peer.name in only]
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="portico-peers-"))
     rows: list[PeerRow] = []
-    try:
+    async with children_and_workdir("portico-peers-") as (children, workdir):
         for rate in rates:
             at_rate = dataclasses.replace(options, rate=rate)
             for peer in peers:
@@ -645,9 +611,6 @@ async def main_async(rates: Sequence[float], options: Options, only: Sequence[st
             if not only or "portico" in only:
                 for transport in ("http", "ws"):
                     _record(rows, await run_portico(children, workdir, transport, at_rate))
-    finally:
-        await children.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     print(table(rows))
     write_json(rows, header, options)
     print(f"wrote {OUT}")
@@ -688,20 +651,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         rates = [SMOKE_RATE]
-        options = Options(SMOKE_RATE, 1.0, 0.0, 2, args.timeout)
+        options = LoadSettings(SMOKE_RATE, 1.0, 0.0, 2, args.timeout)
     else:
         rates = args.rates or ([args.rate] if args.rate else [])
         if not rates:
             parser.error("--rate or --rates is required (or --smoke)")
-        options = Options(rates[0], args.seconds, args.warmup, args.connections, args.timeout)
+        options = LoadSettings(rates[0], args.seconds, args.warmup, args.connections, args.timeout)
     if min(rates) <= 0 or options.seconds <= 0 or options.connections < 1 or options.warmup < 0:
         parser.error("rates and --seconds must be > 0, --connections >= 1, --warmup >= 0")
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main_async(rates, options, args.only))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("bench: interrupted", file=sys.stderr)
-        return 1
+    return run_until_interrupted(main_async(rates, options, args.only))
 
 
 if __name__ == "__main__":

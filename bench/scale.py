@@ -29,10 +29,8 @@ import asyncio
 import contextlib
 import itertools
 import resource
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,6 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-import uvloop
 
 from bench.core_ws import (
     CLIENT_INFO,
@@ -50,8 +47,10 @@ from bench.core_ws import (
     BenchError,
     Children,
     RunResult,
-    _describe_tree,
+    children_and_workdir,
+    describe_tree,
     machine,
+    run_until_interrupted,
     start_gateway,
 )
 from bench.open_loop import start_null_backend
@@ -502,50 +501,47 @@ class Options:
 async def main_async(options: Options) -> int:
     task = asyncio.current_task()
     assert task is not None
-    # SIGTERM ends the run the way Ctrl-C does: through the finally below, which stops every child.
+    # SIGTERM ends the run the way Ctrl-C does: through children_and_workdir, which stops every child.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     for line in machine():
         print(line)
     print(raise_open_files(options.sessions + SPARE_FILES))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    print(f"gateway: {_describe_tree(REPO)}", flush=True)
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="portico-scale-"))
+    print(f"gateway: {describe_tree(REPO)}", flush=True)
     idle: list[IdleResult] = []
     lists: list[ListResult] = []
     started = time.monotonic()
     try:
-        print(
-            f"\nidle WebSocket sessions: {options.sessions:,} per mode, opened {OPEN_BATCH} at a time, "
-            f"then idle {options.hold:g} s before RSS is read"
-        )
-        for idle_runner in (idle_direct, idle_gateway):
-            row = await idle_runner(children, workdir, options.sessions, options.hold)
-            idle.append(row)
+        async with children_and_workdir("portico-scale-") as (children, workdir):
             print(
-                f"  {row.mode}: {row.opened:,} open in {row.open_seconds:.1f} s, RSS settled "
-                f"{row.settle_seconds:.1f} s after the idle time, "
-                f"peak (VmHWM) {row.rss_peak_kib / 1024:.1f} MiB"
-                + (f"; FIRST ERROR: {row.first_error}" if row.first_error else ""),
-                flush=True,
+                f"\nidle WebSocket sessions: {options.sessions:,} per mode, opened {OPEN_BATCH} at a time, "
+                f"then idle {options.hold:g} s before RSS is read"
             )
-        print(idle_table(idle), flush=True)
-        print(
-            f"\naggregated tools/list: {options.backends} backends x {options.tools} tools, "
-            f"{WARM_LISTS} warm-up lists then {options.lists} timed (each following nextCursor to the end)"
-        )
-        for list_runner in (list_direct, list_gateway):
-            result = await list_runner(children, workdir, options.backends, options.tools, options.lists)
-            lists.append(result)
-            if result.timing.first_error:
-                print(f"  {result.mode}: FIRST ERROR: {result.timing.first_error}", flush=True)
-        print(list_table(lists), flush=True)
+            for idle_runner in (idle_direct, idle_gateway):
+                row = await idle_runner(children, workdir, options.sessions, options.hold)
+                idle.append(row)
+                print(
+                    f"  {row.mode}: {row.opened:,} open in {row.open_seconds:.1f} s, RSS settled "
+                    f"{row.settle_seconds:.1f} s after the idle time, "
+                    f"peak (VmHWM) {row.rss_peak_kib / 1024:.1f} MiB"
+                    + (f"; FIRST ERROR: {row.first_error}" if row.first_error else ""),
+                    flush=True,
+                )
+            print(idle_table(idle), flush=True)
+            print(
+                f"\naggregated tools/list: {options.backends} backends x {options.tools} tools, "
+                f"{WARM_LISTS} warm-up lists then {options.lists} timed "
+                "(each following nextCursor to the end)"
+            )
+            for list_runner in (list_direct, list_gateway):
+                result = await list_runner(children, workdir, options.backends, options.tools, options.lists)
+                lists.append(result)
+                if result.timing.first_error:
+                    print(f"  {result.mode}: FIRST ERROR: {result.timing.first_error}", flush=True)
+            print(list_table(lists), flush=True)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await children.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{time.monotonic() - started:.1f} s in all")
     failed = [r.mode for r in idle if r.failed] + [f"tools/list {r.mode}" for r in lists if r.failed]
     if failed:
@@ -579,12 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = Options(args.sessions, args.backends, args.tools, args.lists, args.hold)
     if min(options.sessions, options.backends, options.tools, options.lists) < 1 or options.hold < 0:
         parser.error("--sessions, --backends, --tools and --lists must be >= 1, --hold >= 0")
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main_async(options))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("bench: interrupted", file=sys.stderr)
-        return 1
+    return run_until_interrupted(main_async(options))
 
 
 if __name__ == "__main__":
