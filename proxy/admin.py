@@ -41,6 +41,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from proxy import heap
 from proxy.admin_views import describe_backend, describe_session, overview
 from proxy.chain import Principal
 from proxy.config import AdminConfig, GatewayConfig, validation_problems
@@ -108,10 +109,9 @@ def _guarded(
             foreign = foreign_reason(request, gateway.config.listen)
             if foreign is not None:
                 response = _error(403, foreign)
-                audit(gateway, request, None, response.status)
-                return response
-            principal, refused = await _admit(request, gateway, settings)
-            response = refused if refused is not None else await handler(request, gateway)
+            else:
+                principal, refused = await _admit(request, gateway, settings)
+                response = refused if refused is not None else await handler(request, gateway)
         except asyncio.CancelledError:
             audit(gateway, request, principal, CLIENT_WENT_AWAY)
             raise
@@ -215,6 +215,8 @@ async def deregister_backend(request: web.Request, gateway: Gateway) -> web.Resp
         await gateway.remove_backend(name)
     except KeyError:
         return _error(404, f"no backend named {name!r}")
+    # What the backend held is garbage now; frozen, its cycles would never be freed (proxy.heap).
+    heap.settle()
     return web.json_response({"removed": name})
 
 

@@ -242,7 +242,7 @@ class Backend:
             # Recovery fails the call fast, or lets a retry wait for a restart under way.
             timeout = await self.recovery.wait_running(timeout, is_retry)
         # A shared link needs no await (the catalog link is open or the call fails at once).
-        link = self.catalog() if self.shared else await self._link_for(session, timeout)
+        link = self.catalog() if self.shared else await self._client_link(session, timeout)
         params, progress_id = self._traffic.remap_progress(session.id, params)
         self._inflight[session.id] += 1
         try:
@@ -312,9 +312,8 @@ class Backend:
         """The link that carries ``session_id``'s calls, if open."""
         return self._catalog_link if self.shared else self._client_links.get(session_id)
 
-    async def _link_for(self, session: ClientIdentity, timeout: float) -> UpstreamLink:
-        if self.shared:
-            return self.catalog()
+    async def _client_link(self, session: ClientIdentity, timeout: float) -> UpstreamLink:
+        """The per-client link of ``session`` (``session: per-client``), opened on its first call."""
         link = self._client_links.get(session.id)
         if link is not None and not link.closed:
             return link

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from proxy import __version__, eras, heap, jsonrpc
+from proxy import __version__, eras, jsonrpc
 from proxy.backend import Backend
 from proxy.backend_pool import make_backend
 from proxy.chain import (
@@ -512,7 +512,6 @@ class Gateway:
         self._observe(backend, "down", {})
         self._rebuild_and_announce()
         await backend.stop()
-        heap.settle()
         log.info("backend %s deregistered at run time", name)
 
 

@@ -71,7 +71,10 @@ class Reloader:
             for section in _RESTART_SECTIONS
             if getattr(fresh, section) != getattr(self.gateway.config, section)
         ]
-        heap.settle()
+        if plugins is None:
+            # Once per reload, after every removed backend stopped; replaced plugins settle it when
+            # they have been retired (``_retire``), which frees both.
+            heap.settle()
         log.info("config reloaded from %s: %s", self.source, outcome)
         return outcome
 
