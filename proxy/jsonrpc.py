@@ -90,7 +90,8 @@ def classify(obj: object) -> Kind:
         raise InvalidRequest('Invalid Request: a message needs "method", or exactly one of "result"/"error"')
     if has_result and not is_valid_id(obj.get("id")):
         raise InvalidRequest('Invalid Request: a response needs a string or integer "id"')
-    if has_error and obj.get("id") is not None and not is_valid_id(obj.get("id")):
+    # JSON-RPC 2.0: a response always has "id"; an error answering something unreadable says null.
+    if has_error and ("id" not in obj or (obj["id"] is not None and not is_valid_id(obj["id"]))):
         raise InvalidRequest('Invalid Request: an error response needs a string, integer or null "id"')
     if has_error and not _is_error_object(obj["error"]):
         raise InvalidRequest('Invalid Request: "error" must have an integer "code" and a string "message"')

@@ -766,6 +766,8 @@ EVERY_KIND: list[Post | Other] = [
     post({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": ["ev_echo"]}),
     post({"jsonrpc": "2.0", "id": 6, "method": "no/such/method"}),
     post({"jsonrpc": "2.0", "id": 7, "result": {}}),
+    # Found by hypothesis in a fresh-clone run: an error response with no "id" member at all.
+    post({"jsonrpc": "2.0", "error": {"code": 0, "message": ""}}),
     post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": {"x": 1}}}),
     post(PING, session="none"),
     post(PING, session="ended"),
