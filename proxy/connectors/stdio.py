@@ -13,11 +13,13 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from proxy.config import StdioBackendConfig
 from proxy.connectors.base import Connector
 from proxy.errors import BackendUnavailable
+from proxy.write_batch import WriteBatch
 
 # Variables passed through from the gateway's environment; everything else must be configured.
 INHERITED_VARIABLES = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR")
@@ -34,6 +36,7 @@ class StdioConnector(Connector):
         self.base_dir = base_dir
         self.process: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._batch: WriteBatch | None = None
 
     @property
     def pid(self) -> int | None:
@@ -57,6 +60,7 @@ class StdioConnector(Connector):
             )
         except (OSError, ValueError) as exc:
             raise BackendUnavailable(f"cannot start {self.config.command!r}: {exc}") from None
+        self._batch = WriteBatch(self._writer_to(self.process))
         self._tasks = [
             asyncio.create_task(self._read_stdout(self.process), name=f"{self.backend}-stdout"),
             asyncio.create_task(self._read_stderr(self.process), name=f"{self.backend}-stderr"),
@@ -108,27 +112,45 @@ class StdioConnector(Connector):
                 return
             self.log.info("%s", line.decode(errors="replace").rstrip())
 
+    def _writer_to(self, process: asyncio.subprocess.Process) -> Callable[[bytes], None]:
+        """What writes a batch of lines to ``process`` (this child only, should it be replaced)."""
+        stdin = process.stdin
+
+        def write(lines: bytes) -> None:
+            if stdin is None:  # pragma: no cover - created with stdin=PIPE
+                return
+            try:
+                stdin.write(lines)
+            except (ConnectionError, RuntimeError) as exc:
+                # The child is gone; its stdout closing fails whatever was waiting for a reply.
+                self.log.debug("could not write to the backend: %s", exc)
+
+        return write
+
     async def send(self, data: bytes) -> None:
-        process = self.process
-        if process is None or process.stdin is None or process.returncode is not None:
+        process, batch = self.process, self._batch
+        if process is None or process.stdin is None or process.returncode is not None or batch is None:
             raise BackendUnavailable(f"backend {self.backend!r} is not running")
         stdin = process.stdin
-        try:
-            # One write() per message keeps lines whole even with many senders; drain() may be awaited
-            # concurrently.
-            stdin.write(data + b"\n")
-            transport = stdin.transport
-            # drain() only waits while the pipe's buffer is above its high-water mark and only fails once
-            # the pipe is closing; when the write went straight out and the pipe is open it would return
-            # at once, so the usual call skips its two coroutine layers.
-            if transport.get_write_buffer_size() or transport.is_closing():
+        transport = stdin.transport
+        if transport.is_closing():
+            raise BackendUnavailable(f"backend {self.backend!r} stopped accepting input")
+        # Whole lines only, in order: the batch joins this turn's messages into one write().
+        batch.add(data)
+        batch.add(b"\n")
+        # drain() waits only while the pipe's buffer is above its high-water mark (a child that does not
+        # read); otherwise it would return at once, so the usual call skips its two coroutine layers.
+        if transport.get_write_buffer_size():
+            try:
                 await stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise BackendUnavailable(f"backend {self.backend!r} stopped accepting input: {exc}") from None
+            except (ConnectionError, RuntimeError) as exc:
+                raise BackendUnavailable(f"backend {self.backend!r} stopped accepting input: {exc}") from None
 
     async def close(self) -> None:
         """Stop the child as the MCP specification asks: close its input, then SIGTERM, then SIGKILL."""
         process = self.process
+        if self._batch is not None:
+            self._batch.flush()  # the last messages (a cancellation, say) still go before stdin closes
         if process is not None and process.returncode is None:
             if process.stdin is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import weakref
-from collections.abc import Coroutine
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -23,33 +22,78 @@ from proxy.session import Session
 from proxy.transports.app_keys import GATEWAY
 from proxy.transports.authentication import admit
 from proxy.transports.guards import refusal
+from proxy.write_batch import WriteBatch
 
 log = logging.getLogger("portico.websocket")
 
 # Open client sockets, so that shutdown can say goodbye (1001) instead of waiting for each to leave.
-OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet[web.WebSocketResponse])
+OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet["WebSocketChannel"])
+
+_FIN_TEXT = 0x81  # FIN set, opcode 1 (text)
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+# Replies a client has not read yet, in bytes, past which its next request waits (see ``_until_read``).
+_UNREAD_LIMIT_BYTES = 1 << 20
+_UNREAD_POLL_SECONDS = 0.01
 
 
 class WebSocketChannel:
-    """Everything for the client goes down its one socket, one message per text frame."""
+    """Everything for the client goes down its one socket, one message per text frame.
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    Text frames are framed here and leave through a ``WriteBatch``: the replies that become ready in one
+    turn of the event loop reach the client in one write instead of one each. aiohttp still owns the
+    socket: the handshake, reading, pings and the closing handshake (before which the batch is flushed,
+    since no data frame may follow a close frame).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         self.ws = ws
+        self._transport = transport
+        self._batch = WriteBatch(self._write)
 
-    # ``respond`` and ``send`` return aiohttp's own send coroutine rather than awaiting it in one of their
-    # own: every reply passes here, and the extra coroutine layer would cost each of them.
-    def respond(self, frame: bytes, request_id: RequestId | None) -> Coroutine[Any, Any, None]:
-        return self.ws.send_frame(frame, WSMsgType.TEXT)
+    def _write(self, frames: bytes) -> None:
+        if self.ws.closed or self._transport.is_closing():
+            return  # a close frame has gone (or the peer left): nothing may follow it
+        try:
+            self._transport.write(frames)
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("could not write to a WebSocket client: %s", exc)
+
+    async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
+        self.queue(frame)
+
+    def queue(self, frame: bytes) -> None:
+        """Send ``frame`` as one text frame, with whatever else is sent during this turn of the loop."""
+        if self.ws.closed:
+            raise ConnectionResetError("the WebSocket is closed")
+        self._batch.add(text_frame(frame))
 
     def finished(self, request_id: RequestId) -> None:
         return None  # one stream for everything: nothing to close per request
 
-    def send(self, frame: bytes, related: RequestId | None) -> Coroutine[Any, Any, None]:
-        return self.ws.send_frame(frame, WSMsgType.TEXT)
+    async def send(self, frame: bytes, related: RequestId | None) -> None:
+        self.queue(frame)
 
     async def close(self, reason: str) -> None:
         # 1008, policy violation: the close frame's reason (at most 123 bytes) is what the client reads.
-        await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:123])
+        await self.shut_down(WSCloseCode.POLICY_VIOLATION, reason)
+
+    async def shut_down(self, code: int, reason: str) -> None:
+        """Send what is pending, then close with ``code`` and ``reason`` (cut to the 123 bytes allowed)."""
+        self._batch.flush()
+        await self.ws.close(code=code, message=reason.encode()[:123])
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455 section 5.2), as a server sends it."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((_FIN_TEXT, length))
+    elif length < 1 << 16:
+        header = _HEADER_16.pack(_FIN_TEXT, 126, length)
+    else:
+        header = _HEADER_64.pack(_FIN_TEXT, 127, length)
+    return header + payload
 
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
@@ -77,18 +121,23 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
             status=426,
         )
     await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the client left during the handshake
+        return ws
 
-    channel = WebSocketChannel(ws)
+    channel = WebSocketChannel(ws, transport)
     session = Session(gateway, "websocket", channel, remote=request.remote or "", view=admission.view)
     session.authenticated(admission.principal)
-    request.app[OPEN_SOCKETS].add(ws)
+    request.app[OPEN_SOCKETS].add(channel)
     try:
         async for frame in ws:
+            if transport.get_write_buffer_size() > _UNREAD_LIMIT_BYTES:
+                await _until_read(ws, transport)
             if frame.type is WSMsgType.TEXT:
                 await session.receive(frame.data)
             elif frame.type is WSMsgType.BINARY:
                 error = InvalidRequest("Invalid Request: send each message as a text frame")
-                await channel.respond(jsonrpc.dumps(jsonrpc.error_from(None, error)), None)
+                channel.queue(jsonrpc.dumps(jsonrpc.error_from(None, error)))
             elif frame.type is WSMsgType.ERROR:
                 log.info("session %s: WebSocket error: %s", session.id, ws.exception())
                 break
@@ -98,11 +147,19 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _until_read(ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    """Wait while the client leaves its replies unread. Its next request is not read meanwhile, so a client
+    that never reads holds TCP's window shut instead of growing the gateway's memory."""
+    while transport.get_write_buffer_size() > _UNREAD_LIMIT_BYTES and not transport.is_closing():
+        if ws.closed:
+            return
+        await asyncio.sleep(_UNREAD_POLL_SECONDS)
+
+
 async def close_open_sockets(app: web.Application) -> None:
     """On shutdown, close every client socket with 1001 (going away) so clients know to reconnect."""
-    open_sockets = app[OPEN_SOCKETS]
-    sockets = [*open_sockets]
+    channels = [*app[OPEN_SOCKETS]]
     await asyncio.gather(
-        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down") for ws in sockets),
+        *(channel.shut_down(WSCloseCode.GOING_AWAY, "gateway shutting down") for channel in channels),
         return_exceptions=True,
     )
