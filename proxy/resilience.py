@@ -199,9 +199,22 @@ class Resilience:
         """Await ``attempt(remaining_seconds, is_retry)`` through the breaker; retry it after a link
         failure only when ``retryable``, the budget allows, the deadline leaves room, and the breaker is
         not open. ``deadline`` is on the event loop's clock."""
-        self.budget.earn()
-        if not self.retries(retryable):
-            return await self._guarded(attempt, deadline, False)
+        remaining = deadline - asyncio.get_running_loop().time()
+        probe = self.admit_first(remaining)
+        first = self._started(attempt, remaining, probe, is_retry=False)
+        try:
+            # Almost every call succeeds at once: the retry loop is only set up once one has failed.
+            return await self.settled(probe, first)
+        except Exception as exc:
+            if not (self.retries(retryable) and _worth_retrying(exc)):
+                raise
+            failure = exc
+        return await self._retry(attempt, deadline, failure)
+
+    async def _retry(self, attempt: Attempt[T], deadline: float, failure: Exception) -> T:
+        """The attempts after a first one that failed with ``failure``. Tenacity's first round raises that
+        failure again instead of sending anything, so every decision -- stop, wait, the log line -- is
+        tenacity's, as if it had run the first attempt itself."""
         retrying = AsyncRetrying(
             stop=self._stop_for(deadline),
             wait=wait_random_exponential(
@@ -213,7 +226,9 @@ class Resilience:
         )
         async for try_ in retrying:
             with try_:
-                return await self._guarded(attempt, deadline, try_.retry_state.attempt_number > 1)
+                if try_.retry_state.attempt_number == 1:
+                    raise failure
+                return await self._again(attempt, deadline)
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
 
     def retries(self, retryable: bool) -> bool:
@@ -239,15 +254,19 @@ class Resilience:
             self.breaker.succeeded(probe)
         return result
 
-    async def _guarded(self, attempt: Attempt[T], deadline: float, is_retry: bool) -> T:
+    async def _again(self, attempt: Attempt[T], deadline: float) -> T:
+        """One retry: admitted by the breaker like the first attempt, but earning no budget."""
         remaining = deadline - asyncio.get_running_loop().time()
         probe = self._admit(remaining)
+        return await self.settled(probe, self._started(attempt, remaining, probe, is_retry=True))
+
+    def _started(self, attempt: Attempt[T], remaining: float, probe: bool, *, is_retry: bool) -> Awaitable[T]:
+        """The admitted attempt, begun; a failure to even begin it still settles the breaker's admission."""
         try:
-            pending = attempt(remaining, is_retry)
+            return attempt(remaining, is_retry)
         except BaseException as exc:
             self._record_failure(probe, exc)
             raise
-        return await self.settled(probe, pending)
 
     def _admit(self, remaining: float) -> bool:
         if remaining <= 0:
