@@ -24,6 +24,7 @@ def test_settle_does_nothing_unless_the_process_manages_the_heap(monkeypatch: py
 
 def test_a_cycle_dropped_after_freezing_is_freed_by_the_next_settle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_managed", False)
+    thresholds = gc.get_threshold()
     try:
         node = Node()
         dropped = weakref.ref(node)
@@ -37,3 +38,16 @@ def test_a_cycle_dropped_after_freezing_is_freed_by_the_next_settle(monkeypatch:
         assert dropped() is None
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_a_managed_heap_is_collected_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "_managed", False)
+    thresholds = gc.get_threshold()
+    try:
+        heap.manage()
+        assert gc.get_threshold() == heap.THRESHOLDS
+        assert heap.THRESHOLDS[0] > thresholds[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
