@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from plugins.cache import Cache, CacheOptions, MemoryStore
+from plugins.cache import Cache, CacheOptions, MemoryStore, rules
+from plugins.cache.rules import ConfiguredTtls, entry_keys
 from proxy.chain import (
     ANONYMOUS,
     POLICY_VERSION,
@@ -276,8 +277,11 @@ async def call(
     route: Route = TOOL,
     params: dict[str, Any] | None = None,
     direction: Direction = Direction.TO_BACKEND,
+    seconds_left: float = 10,
 ) -> Message:
-    ctx = Context(FakeSession(), direction, method, route, time.monotonic() + 10, principal=principal)
+    ctx = Context(
+        FakeSession(), direction, method, route, time.monotonic() + seconds_left, principal=principal
+    )
     message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {"name": "m_look"}}
     reply = await chain.dispatch(ctx, message)
     assert reply is not None
@@ -449,3 +453,84 @@ async def test_a_result_bigger_than_max_entry_bytes_is_not_kept() -> None:
 def test_bad_options_are_refused_clearly(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         CacheOptions(**options)
+
+
+async def test_each_object_keeps_its_own_configured_ttl() -> None:
+    terminal = Terminal()
+    chain, _ = chain_with(terminal, ttls={"m/tool/look": 0})
+    other = Route("m", "tool", "other", "m_other", read_only=True)
+    for route, calls in ((TOOL, 1), (other, 2), (TOOL, 3), (other, 3), (TOOL, 4)):
+        await call(chain, route=route, params={"name": route.exposed})
+        assert terminal.calls == calls
+
+
+def test_configured_ttls_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules, "REMEMBERED_ROUTES", 2)
+    ttls = ConfiguredTtls(CacheOptions(ttls={"m/resource/short*": 5}, backends={"n": {"ttl_seconds": 7}}))
+    routes = [
+        Route("m", "resource", "short-1", "portico://m/short-1"),
+        Route("m", "resource", "long", "portico://m/long"),
+        Route("n", "resource", "short-2", "portico://n/short-2"),
+        Route("m", "resource", "short-3", "portico://m/short-3"),
+    ]
+    for _ in range(3):
+        assert [ttls(route) for route in routes] == [5, 60, 7, 5]
+    assert len(ttls._known) <= 2
+
+
+def test_every_part_of_a_request_and_its_scope_makes_its_own_key() -> None:
+    def keys(**changed: Any) -> tuple[str, str]:
+        request: dict[str, Any] = {
+            "route": TOOL,
+            "method": "tools/call",
+            "params": {"name": "m_look", "arguments": {"a": 1}},
+            "parts": [1, ["0.0"]],
+            "owner": "credential:token-of-alice",
+        }
+        found = entry_keys("portico:cache", **{**request, **changed})
+        return found.private, found.shared
+
+    private, shared = keys()
+    assert private != shared and private.startswith("portico:cache:entry:m:")
+    # The params are canonical: key order and _meta do not matter.
+    reordered = keys(params={"_meta": {"progressToken": 3}, "arguments": {"a": 1}, "name": "m_look"})
+    assert reordered == (private, shared)
+    # Another principal has its own private entry, and the same shared one; no owner's name, however
+    # chosen, makes a private key that is the shared key.
+    owners = ["credential:token-of-bob", "public", "", '"]', '["public"]']
+    private_keys = [private] + [keys(owner=owner)[0] for owner in owners]
+    assert all(keys(owner=owner)[1] == shared for owner in owners)
+    assert len({*private_keys, shared}) == len(private_keys) + 1
+    # Anything else that differs makes both keys differ.
+    different_requests = [
+        keys(parts=[2, ["0.0"]]),  # another policy version
+        keys(parts=[1, ["0.1"]]),  # another generation of the backend
+        keys(parts=[1, ["0.0", "0.0"]]),  # a URI's generation too
+        keys(params={"name": "m_look", "arguments": {"a": 2}}),
+        keys(params={"name": "m_look", "arguments": {"a": "1"}}),
+        keys(params={"name": "m_look", "arguments": {"a": 1}, "parts": [1, ["0.0"]]}, parts=[]),
+        keys(method="prompts/get"),
+        keys(route=Route("m", "tool", "other", "m_other", read_only=True)),
+    ]
+    every_key = [private, shared, *(key for pair in different_requests for key in pair)]
+    assert len(set(every_key)) == len(every_key)
+
+
+async def test_a_redis_that_hangs_costs_no_more_than_the_time_the_request_has_left() -> None:
+    async def answer_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    terminal = Terminal()
+    # Redis's own budget is far longer than the request's: only the request's time can end the wait.
+    chain, cache = chain_with(terminal, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_seconds=10)
+    started = time.monotonic()
+    try:
+        reply = await call(chain, seconds_left=0.3)
+        assert reply["result"]["n"] == 1 and time.monotonic() - started < 5
+        assert cache.counters()["errors"] >= 1 and cache.counters()["hits"] == 0
+    finally:
+        await cache.close()
+        server.close()

@@ -323,3 +323,84 @@ async def test_the_call_is_cancelled_only_when_every_caller_has_gone() -> None:
     backend.release.set()
     reply = await chain.dispatch(context(), call("late", {"name": "x"}))
     assert reply is not None and reply["id"] == "late" and len(backend.calls) == 2
+
+
+async def test_a_caller_arriving_as_the_call_ends_makes_a_call_of_its_own() -> None:
+    # The newcomer is woken by the backend's answer itself, so it reaches the plugin after the call has
+    # ended but before its group is forgotten: it must not take that call's reply (whose one caller may
+    # already hold it as its own), but make a call of its own.
+    answered = asyncio.get_running_loop().create_future()
+
+    class AnsweringBackend(SlowBackend):
+        async def __call__(self, ctx: Context, message: Message) -> Message | None:
+            if not answered.done():
+                answered.set_result(None)
+            self.release.set()
+            return await super().__call__(ctx, message)
+
+    backend = AnsweringBackend()
+    chain, dedup = chained(backend)
+
+    async def newcomer() -> Message | None:
+        await answered
+        return await chain.dispatch(context(), call("late", {"name": "x"}))
+
+    late = asyncio.create_task(newcomer())
+    first = await chain.dispatch(context(), call("first", {"name": "x"}))
+    second = await late
+    assert first is not None and second is not None
+    assert (first["id"], second["id"]) == ("first", "late")
+    assert len(backend.calls) == 2 and dedup.counts()["shared"] == 0
+    first["result"]["content"][0]["text"] = "changed by a plugin further out"
+    assert second["result"]["content"][0]["text"] == "hi"
+
+
+async def test_a_lone_caller_gets_the_reply_under_its_own_id() -> None:
+    class OtherIdBackend(SlowBackend):
+        async def __call__(self, ctx: Context, message: Message) -> Message | None:
+            reply = await super().__call__(ctx, message)
+            return None if reply is None else {**reply, "id": "the backend's own"}
+
+    backend = OtherIdBackend()
+    backend.release.set()
+    chain, dedup = chained(backend)
+    replies: list[Any] = [await chain.dispatch(context(), call(f"r{i}", {"name": "x"})) for i in range(2)]
+    assert [r["id"] for r in replies] == ["r0", "r1"]
+    assert [r["result"]["content"][0]["text"] for r in replies] == ["hi", "hi"]
+    assert len(backend.calls) == 2
+    assert dedup.counts() == {"calls": 2, "shared": 0, "in_flight": 0}
+
+
+async def test_replies_beyond_what_json_writes_are_still_copied_for_each_caller() -> None:
+    class BigNumberBackend(SlowBackend):
+        async def __call__(self, ctx: Context, message: Message) -> Message | None:
+            reply = await super().__call__(ctx, message)
+            assert reply is not None
+            reply["result"]["big"] = [2**70]
+            return reply
+
+    backend = BigNumberBackend()
+    chain, _ = chained(backend)
+    one, two = await run_together(
+        chain, backend, *((context(), call(f"r{i}", {"name": "x"})) for i in range(2))
+    )
+    assert len(backend.calls) == 1 and one["result"]["big"] == two["result"]["big"] == [2**70]
+    one["result"]["big"].append(1)
+    assert two["result"]["big"] == [2**70]
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["before it started", "while it runs"])
+async def test_a_shared_call_cancelled_by_something_else_fails_every_caller(started: bool) -> None:
+    backend = SlowBackend()
+    chain, dedup = chained(backend)
+    callers = [asyncio.create_task(chain.dispatch(context(), call(f"r{i}", {"name": "x"}))) for i in range(2)]
+    # One turn of the loop: both callers have reached the plugin, the shared call has not run yet.
+    await asyncio.sleep(0)
+    if started:
+        await asyncio.sleep(0.01)
+    (shared_call,) = [task for task in asyncio.all_tasks() if task.get_name() == "dedup tools/call"]
+    shared_call.cancel()
+    replies: list[Any] = await asyncio.gather(*callers)
+    assert [r["error"]["message"] for r in replies] == ["The shared call was cancelled"] * 2
+    assert [r["id"] for r in replies] == ["r0", "r1"]
+    assert len(backend.calls) == (1 if started else 0) and dedup.counts()["in_flight"] == 0

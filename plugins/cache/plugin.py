@@ -12,9 +12,10 @@ import orjson
 
 from plugins.cache.options import CacheOptions
 from plugins.cache.rules import (
+    ConfiguredTtls,
+    EntryKeys,
     backend_generation,
-    configured_ttl,
-    entry_key,
+    entry_keys,
     identity,
     judge_reply,
     may_cache_request,
@@ -52,6 +53,7 @@ class Cache:
             )
         else:
             self.store = MemoryStore(options.max_entries, options.max_bytes)
+        self._configured_ttl = ConfiguredTtls(options)
         self._counts: collections.Counter[str] = collections.Counter()
         self._failing = False
 
@@ -83,8 +85,8 @@ class Cache:
         generations = await self._guarded(ctx, self.store.generations(generation_names))
         if generations is None:
             return await call_next(ctx, message)
-        private_key, shared_key = self._keys(ctx, message, route, generations)
-        found = await self._guarded(ctx, self.store.get_first([private_key, shared_key]))
+        keys = self._keys(ctx, message, route, generations)
+        found = await self._guarded(ctx, self.store.get_first([keys.private, keys.shared]))
         result = _decode(found)
         if result is not None:
             self._counts["hits"] += 1
@@ -92,7 +94,7 @@ class Cache:
             return {"jsonrpc": "2.0", "id": message["id"], "result": result}
         self._counts["misses"] += 1
         reply = await call_next(ctx, message)
-        await self._keep(ctx, route, reply, private_key, shared_key)
+        await self._keep(ctx, route, reply, keys)
         return reply
 
     def _applies(self, ctx: Context, message: Message, route: Route) -> bool:
@@ -101,27 +103,22 @@ class Cache:
             and "id" in message
             and "method" in message
             and may_cache_request(self.options, ctx.method, route)
-            and configured_ttl(self.options, route) > 0
+            and self._configured_ttl(route) > 0
         )
 
-    def _keys(self, ctx: Context, message: Message, route: Route, generations: list[str]) -> tuple[str, str]:
+    def _keys(self, ctx: Context, message: Message, route: Route, generations: list[str]) -> EntryKeys:
+        parts = [ctx.get(POLICY_VERSION), generations]
         params = jsonrpc.params_of(message)
-        common = [ctx.get(POLICY_VERSION), generations]
-        prefix = self.options.key_prefix
-        private = entry_key(prefix, route, ctx.method, params, [*common, "private", identity(ctx.principal)])
-        shared = entry_key(prefix, route, ctx.method, params, [*common, "public"])
-        return private, shared
+        return entry_keys(self.options.key_prefix, route, ctx.method, params, parts, identity(ctx.principal))
 
-    async def _keep(
-        self, ctx: Context, route: Route, reply: Message | None, private: str, shared: str
-    ) -> None:
-        verdict = judge_reply(self.options, route, reply)
+    async def _keep(self, ctx: Context, route: Route, reply: Message | None, keys: EntryKeys) -> None:
+        verdict = judge_reply(self.options, route, self._configured_ttl(route), reply)
         if verdict is None or reply is None:
             return
         value = orjson.dumps(reply["result"])
         if len(value) > self.options.max_entry_bytes:
             return
-        key = shared if verdict.shared else private
+        key = keys.shared if verdict.shared else keys.private
         if await self._guarded(ctx, self._set(key, value, verdict.ttl)):
             self._counts["stores"] += 1
 
@@ -131,9 +128,13 @@ class Cache:
 
     async def _guarded(self, ctx: Context, operation: Awaitable[T]) -> T | None:
         """Run a store operation within its time budget; a failure is a miss (None), never an error."""
-        budget = min(self.options.redis_timeout_seconds, ctx.remaining())
         try:
-            async with asyncio.timeout(budget):
+            if self.store.may_hang:
+                async with asyncio.timeout(min(self.options.redis_timeout_seconds, ctx.remaining())):
+                    outcome = await operation
+            else:
+                # Memory never makes an operation wait, so no budget can run out; a timer per operation
+                # would cost more than the operation.
                 outcome = await operation
         except Exception as exc:
             self._counts["errors"] += 1

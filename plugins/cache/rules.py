@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -18,15 +17,25 @@ from proxy.chain import Principal, Route, only_reads
 CACHED_METHODS = frozenset({"resources/read", "prompts/get", "tools/call"})
 
 # Bumped whenever the key's layout changes, so entries of an older gateway in a shared Redis are never read.
-KEY_FORMAT = 1
+KEY_FORMAT = 2
+
+# How many routes' configured TTLs a ``ConfiguredTtls`` remembers before it starts over: resource routes are
+# made per request (one per URI read), so without a bound the table could grow without end.
+REMEMBERED_ROUTES = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What a result allows: kept for ``ttl`` seconds, shared by every principal or not."""
 
     ttl: float
     shared: bool
+
+
+class EntryKeys(NamedTuple):
+    """Where a request's result is kept for its caller alone, and where it is kept for everyone."""
+
+    private: str
+    shared: str
 
 
 def may_cache_request(options: CacheOptions, method: str, route: Route) -> bool:
@@ -51,9 +60,27 @@ def configured_ttl(options: CacheOptions, route: Route) -> float:
     return options.default_ttl_seconds
 
 
-def judge_reply(options: CacheOptions, route: Route, reply: Any) -> Verdict | None:
-    """Whether (and how) a backend's reply may be kept; None for anything that must not be: errors, tool
-    errors, unfinished results (``resultType`` other than "complete"), ``ttlMs: 0``."""
+class ConfiguredTtls:
+    """``configured_ttl`` remembered per route: the options never change under one instance, and matching
+    the ``ttls`` patterns on every call would cost more than the rest of a miss."""
+
+    def __init__(self, options: CacheOptions) -> None:
+        self._options = options
+        self._known: dict[Route, float] = {}
+
+    def __call__(self, route: Route) -> float:
+        ttl = self._known.get(route)
+        if ttl is None:
+            if len(self._known) >= REMEMBERED_ROUTES:
+                self._known.clear()
+            ttl = self._known[route] = configured_ttl(self._options, route)
+        return ttl
+
+
+def judge_reply(options: CacheOptions, route: Route, configured: float, reply: Any) -> Verdict | None:
+    """Whether (and how) a backend's reply may be kept, ``configured`` being the route's configured TTL;
+    None for anything that must not be: errors, tool errors, unfinished results (``resultType`` other than
+    "complete"), ``ttlMs: 0``."""
     if not isinstance(reply, dict) or "error" in reply:
         return None
     result = reply.get("result")
@@ -61,7 +88,7 @@ def judge_reply(options: CacheOptions, route: Route, reply: Any) -> Verdict | No
         return None
     if result.get("resultType", "complete") != "complete":
         return None
-    ttl = configured_ttl(options, route)
+    ttl = configured
     if "ttlMs" in result:
         ttl_ms = result["ttlMs"]
         # A value we cannot read is taken as "do not cache": the conservative reading.
@@ -94,17 +121,28 @@ def identity(principal: Principal) -> str:
     return orjson.dumps([principal.kind, principal.tenant, principal.subject]).decode()
 
 
-def entry_key(prefix: str, route: Route, method: str, params: Any, parts: list[Any]) -> str:
-    """The key of an entry: the backend (readable, for operators looking at Redis) and a hash of
-    everything else that must match: the method, the object, the canonical params (without ``_meta``,
-    which carries per-request things like progress tokens) and ``parts`` (policy version, generations,
-    scope)."""
-    if isinstance(params, dict):
+def entry_keys(
+    prefix: str, route: Route, method: str, params: Any, parts: list[Any], owner: str
+) -> EntryKeys:
+    """The keys of a request's two possible entries: the backend (readable, for operators looking at Redis)
+    and a hash of everything else that must match: the method, the object, the canonical params (without
+    ``_meta``, which carries per-request things like progress tokens), ``parts`` (policy version,
+    generations) and the scope: "private" with its ``owner`` (see ``identity``), or "public"."""
+    if isinstance(params, dict) and "_meta" in params:
         params = {name: value for name, value in params.items() if name != "_meta"}
-    material = orjson.dumps(
+    # Serialised once for both keys. A JSON array ends where its brackets close, so nothing appended after
+    # it can be mistaken for part of it: different requests or scopes never make the same material.
+    common = orjson.dumps(
         [KEY_FORMAT, method, route.object, params, parts],
         option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
     )
+    return EntryKeys(
+        private=_hashed_key(prefix, route, common + orjson.dumps(["private", owner])),
+        shared=_hashed_key(prefix, route, common + b'["public"]'),
+    )
+
+
+def _hashed_key(prefix: str, route: Route, material: bytes) -> str:
     return f"{prefix}:entry:{route.backend}:{hashlib.sha256(material).hexdigest()}"
 
 

@@ -28,6 +28,11 @@ class Store(Protocol):
     @property
     def evictions(self) -> int: ...
 
+    @property
+    def may_hang(self) -> bool:
+        """Whether an operation can wait long enough to need a time budget (one over a network can)."""
+        ...
+
     async def get_first(self, keys: Sequence[str]) -> bytes | None:
         """The value of the first of ``keys`` present (and not expired), if any."""
         ...
@@ -55,6 +60,9 @@ class MemoryStore:
     aiocache's SimpleMemoryCache has no bound at all, so the bound is kept here: an insert that exceeds
     either limit evicts the least recently used entries until both hold again.
     """
+
+    # Every operation finishes without ever giving the event loop a turn.
+    may_hang = False
 
     def __init__(self, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
@@ -139,6 +147,8 @@ class RedisStore:
     of the token changes instead, so this gateway never serves what the event made stale.
     Redis's memory bound (``maxmemory`` and an eviction policy such as ``volatile-lru``) is the operator's.
     """
+
+    may_hang = True
 
     def __init__(self, url: str, *, prefix: str, timeout: float, generation_ttl: float) -> None:
         parts = urlsplit(url)

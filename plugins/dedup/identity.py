@@ -83,8 +83,10 @@ def _canonical_params(message: Message) -> bytes | None:
         params = {}
     if not isinstance(params, dict):
         return None
+    if "_meta" in params:
+        params = {k: v for k, v in params.items() if k != "_meta"}
     try:
-        return orjson.dumps({k: v for k, v in params.items() if k != "_meta"}, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         # Beyond what orjson writes (integers over 64 bits): rare enough not to be worth sharing.
         return None
