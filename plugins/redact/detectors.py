@@ -61,12 +61,20 @@ class Detector:
     reach: int = 0
     # For run detectors: the run lengths considered (longer runs are data such as images, not keys).
     run: tuple[int, int] | None = None
+    # Every match contains a run of at least this many base64 characters (ASCII letters, digits, + / _ -):
+    # a cheap test in the scanner's run view. Never for a ``lowercase`` detector: its regex runs on the
+    # lower-cased text, where a non-ASCII letter (the Kelvin sign) can turn into an ASCII one.
+    min_run: int = 0
     # The pattern is written in lower case and runs on the lower-cased text (case-insensitive, and much
     # faster than re.IGNORECASE on literal alternatives).
     lowercase: bool = False
     # re flags for the pattern (custom patterns: re.MULTILINE, so ^ and $ hold at each string's edges when
     # the scanner joins strings with newlines).
     flags: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_run and self.lowercase:
+            raise ValueError(f"{self.name}: min_run does not hold on lower-cased text")
 
 
 # Between a label and its value: an optional closing quote (escaped, when JSON sits inside a string),
@@ -98,6 +106,7 @@ BUILTIN: tuple[Detector, ...] = (
         r"(?:[\s\S]{0,65536}?-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----|[\s\S]{0,65536})",
         min_length=27,
         gates=("-----BEGIN",),
+        min_run=10,
     ),
     Detector(
         "jwt",
@@ -105,12 +114,14 @@ BUILTIN: tuple[Detector, ...] = (
         r"ey[A-Za-z0-9_\-]{6,4096}\.ey[A-Za-z0-9_\-]{6,16384}\.[A-Za-z0-9_\-]{0,4096}",
         min_length=18,
         gates=(".ey",),
+        min_run=8,
     ),
     Detector(
         "aws_access_key_id",
         "secrets",
         r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
         min_length=20,
+        min_run=20,
     ),
     Detector(
         "aws_secret_access_key",
@@ -126,7 +137,14 @@ BUILTIN: tuple[Detector, ...] = (
         reach=100,
         lowercase=True,
     ),
-    Detector("google_api_key", "secrets", r"AIza[0-9A-Za-z_\-]{35}", min_length=39, gates=("AIza",)),
+    Detector(
+        "google_api_key",
+        "secrets",
+        r"AIza[0-9A-Za-z_\-]{35}",
+        min_length=39,
+        gates=("AIza",),
+        min_run=39,
+    ),
     Detector(
         "azure_key",
         "secrets",
@@ -146,18 +164,24 @@ BUILTIN: tuple[Detector, ...] = (
         r"gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,244}",
         min_length=33,
         gates=("_",),
+        min_run=33,
     ),
     Detector(
         "gitlab_token",
         "secrets",
         r"gl(?:pat|dt|rt|ptt)-[A-Za-z0-9_\-]{20,64}",
         min_length=25,
+        min_run=25,
     ),
     Detector(
         "slack_token",
         "secrets",
         r"xox[abposr]-[A-Za-z0-9\-]{10,250}|xapp-[0-9]-[A-Za-z0-9\-]{10,250}",
         min_length=15,
+        # Both prefixes hold a "-": a one-character test is fast on long texts, where looking for "xox"
+        # and "xapp-" would take longer than the regex itself.
+        gates=("-",),
+        min_run=15,
     ),
     Detector(
         "stripe_key",
@@ -165,6 +189,7 @@ BUILTIN: tuple[Detector, ...] = (
         r"(?:sk|rk)_live_[A-Za-z0-9]{16,247}",
         min_length=24,
         gates=("_live_",),
+        min_run=24,
     ),
     Detector(
         "bearer_token",

@@ -8,6 +8,7 @@ import re
 import secrets
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 from plugins.redact.detectors import BUILTIN, Detector
 from plugins.redact.options import RedactOptions
@@ -85,7 +86,9 @@ class Redact:
 
     async def _redacted(self, ctx: Context, message: Message, what: str) -> Message:
         try:
-            redacted, counts = await self._run(message)
+            outcome = self._redact_inline(message)
+            if outcome is None:
+                outcome = await self._redact_in_thread(message)
         except Blocked as exc:
             self._record(ctx, Counter({exc.detector: 1}), what)
             raise RedactionBlocked(f"blocked: {exc.detector}", data={"detector": exc.detector}) from None
@@ -93,30 +96,33 @@ class Redact:
             # Only the exception's type: its message might quote the text being scanned.
             log.warning("redaction of a %s %s failed (%s); blocked", ctx.method, what, type(exc).__name__)
             raise RedactionBlocked("blocked: redaction failed") from None
+        redacted, counts = outcome
         if counts:
             self._record(ctx, counts, what)
         elif ctx.get(REDACTIONS) is None:
             ctx.set(REDACTIONS, {})
         return redacted
 
-    async def _run(self, message: Message) -> tuple[Message, Counter[str]]:
-        """Small messages are redacted inline (a thread hop costs more than the scan); big ones in a worker
-        thread under the time budget. Either way a redaction over budget blocks the message."""
-        budget = self.options.timeout_seconds
+    def _redact_inline(self, message: Message) -> tuple[Message, Mapping[str, int]] | None:
+        """A small message, redacted inline (a thread hop costs more than the scan); None at once for a big
+        one, which goes to ``_redact_in_thread``. Either way a redaction over budget blocks the message.
+
+        A plain function, not a coroutine: the usual, small message costs no coroutine of its own."""
         started = time.monotonic()
-        # Gives up at once (None) when the message's text is over the threshold.
         outcome = self.redactor.redact(message, self.options.thread_above_bytes)
-        if outcome is not None:
-            if time.monotonic() - started > budget:
-                raise TimeoutError
-            return outcome
-        async with asyncio.timeout(budget):
+        if outcome is not None and time.monotonic() - started > self.options.timeout_seconds:
+            raise TimeoutError
+        return outcome
+
+    async def _redact_in_thread(self, message: Message) -> tuple[Message, Mapping[str, int]]:
+        """A big message, redacted in a worker thread under the time budget."""
+        async with asyncio.timeout(self.options.timeout_seconds):
             outcome = await asyncio.to_thread(self.redactor.redact, message)
         if outcome is None:
             raise RuntimeError("the redactor declined a message without a size limit")
         return outcome
 
-    def _record(self, ctx: Context, counts: Counter[str], what: str) -> None:
+    def _record(self, ctx: Context, counts: Mapping[str, int], what: str) -> None:
         self._totals.update(counts)
         combined: Counter[str] = Counter(ctx.get(REDACTIONS, {}))
         combined.update(counts)

@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from plugins.redact.detectors import Detector
@@ -38,6 +39,8 @@ BINARY_FIELDS = frozenset({"data", "blob"})
 # Names that end in "token" but hold a pagination or sync position, not a credential.
 _POSITION_TOKEN = re.compile(r"(?:page|progress|continuation|sync|resume)_?token$", re.IGNORECASE)
 _MEMBERS = ("params", "result", "error")
+# What ``Redactor.redact`` counts for a message it left alone: one shared, read-only empty mapping.
+NOTHING_REPLACED: Mapping[str, int] = MappingProxyType({})
 _FIELD_CACHE_LIMIT = 4096
 
 
@@ -77,7 +80,9 @@ class Redactor:
         # Object keys repeat from message to message; which of them name a secret is remembered.
         self._field_of: dict[str, Detector | None] = {}
 
-    def redact(self, message: Message, limit: float = float("inf")) -> tuple[Message, Counter[str]] | None:
+    def redact(
+        self, message: Message, limit: float = float("inf")
+    ) -> tuple[Message, Mapping[str, int]] | None:
         """The redacted message (``message`` itself when nothing changed) and the replacements made; None
         when the message's strings add up to more than ``limit`` characters (and nothing was done).
 
@@ -86,11 +91,11 @@ class Redactor:
         gathered = self._gather([message[m] for m in _MEMBERS if m in message], limit)
         if gathered is None:
             return None
-        counts: Counter[str] = Counter()
         found = _findings_per_text(gathered.texts, self._scanner)
         found_opaque = _findings_per_text(gathered.opaque, self._strict_scanner)
         if not found and not found_opaque and not gathered.secret_field:
-            return message, counts
+            return message, NOTHING_REPLACED
+        counts: Counter[str] = Counter()
         walk = _Walk(self, found, found_opaque, counts, gathered.secret_field)
         changes = {m: walk.value(message[m], False) for m in _MEMBERS if m in message}
         changed = {m: value for m, value in changes.items() if value is not message[m]}
