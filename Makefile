@@ -46,13 +46,18 @@ unit: $(STAMP) interop-setup services-setup
 # pytest runs last, so its summary is the closing line of the run.
 test: lint typecheck bench-smoke conformance unit
 
-# The whole benchmark (several minutes): closed loop, the open-loop scenarios and sweeps, the scale
-# scenarios, then bench/plots/*.png and the tables from bench/out/*.json.
+# The whole benchmark (about half an hour): closed loop, the open-loop scenarios and sweeps, the scale
+# scenarios, the peer gateways side by side (installed into bench/.peers/ first), then bench/plots/*.png
+# and the tables from bench/out/*.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench.core_ws
 	$(BIN)/python -m bench.open_loop --sweep
 	$(BIN)/python -m bench.scale
+	bash bench/peers_setup.sh
+	$(BIN)/python -m bench.peers --rates $(PEER_RATES) --seconds 4
 	$(BIN)/python -m bench.report
+
+PEER_RATES ?= 250 500 1000 2000 3000 4000
 
 # Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
 bench-smoke: $(STAMP)

@@ -74,8 +74,9 @@ _LISTENING = re.compile(rb"^LISTENING (\S+)")
 SMOKE_RATE = 200.0
 SMOKE_SECONDS = 1.0
 SMOKE_CONNECTIONS = 4
-# What ``--sweep`` (make bench) offers: from well below the gateway's ceiling to past it on this box.
-DEFAULT_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0)
+# What ``--sweep`` (make bench) offers: from well below the full chain's target (5,000/s) to past it;
+# 2,500/s is where the latency target applies (half the target rate).
+DEFAULT_RATES = (500.0, 1000.0, 2500.0, 5000.0, 7500.0)
 DEFAULT_CONCURRENCY = (1, 64, 1024)
 SWEEP_SECONDS = 3.0
 
@@ -200,13 +201,17 @@ class Sweep:
 # -- CPU placement ----------------------------------------------------------------------------------------
 
 
+# The CPUs this process may use when it starts. Read once, here: ``pin_self`` narrows the process's own
+# affinity to the load CPU, and a Placement made after that must still know the machine has both.
+_STARTING_CPUS = frozenset(os.sched_getaffinity(0))
+
+
 class Placement:
     """Gateway on one CPU, the load (this process and the backends) on another, when the box allows it."""
 
     def __init__(self) -> None:
         self.taskset = shutil.which("taskset")
-        usable = os.sched_getaffinity(0)
-        self.enabled = self.taskset is not None and {GATEWAY_CPU, LOAD_CPU} <= usable
+        self.enabled = self.taskset is not None and {GATEWAY_CPU, LOAD_CPU} <= _STARTING_CPUS
 
     def describe(self) -> str:
         if not self.enabled:
@@ -219,6 +224,13 @@ class Placement:
 
     def prefix(self, cpu: int) -> list[str]:
         return [self.taskset, "-c", str(cpu)] if self.enabled and self.taskset else []
+
+    def check(self, pid: int, cpu: int) -> None:
+        """Raise unless ``pid`` runs on ``cpu`` alone (when pinning is on): figures taken with the gateway
+        sharing the load's CPU would measure something else."""
+        cpus = os.sched_getaffinity(pid)
+        if self.enabled and cpus != {cpu}:
+            raise BenchError(f"process {pid} is on CPUs {sorted(cpus)}, not on CPU {cpu} alone")
 
     def move_to_load_cpu(self, pids: Sequence[int]) -> None:
         # The gateway's stdio backend inherits CPU 0 from it; it belongs with the rest of the load.
@@ -280,6 +292,7 @@ async def start_placed_gateway(children: Children, workdir: Path, scenario: Scen
     placement = Placement()
     gateway = await start_gateway(children, workdir, scenario, prefix=placement.prefix(GATEWAY_CPU))
     placement.move_to_load_cpu([pid for pid, _ in descendants(gateway.process.pid)])
+    placement.check(gateway.process.pid, GATEWAY_CPU)
     return gateway
 
 
