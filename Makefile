@@ -54,10 +54,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.open_loop --sweep
 	$(BIN)/python -m bench.scale
 	bash bench/peers_setup.sh
-	$(BIN)/python -m bench.peers --rates $(PEER_RATES) --seconds 4
+	$(BIN)/python -m bench.peers --rates $(PEER_RATES) --seconds 4 --connections 32
 	$(BIN)/python -m bench.report
 
-PEER_RATES ?= 250 500 1000 2000 3000 4000
+PEER_RATES ?= 500 1000 2000 3000 4000 5000
 
 # Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
 bench-smoke: $(STAMP)
