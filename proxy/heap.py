@@ -11,7 +11,7 @@ The collector also runs too often for a server under load. Its first generation 
 net allocations of container objects; a call's own objects die by reference counting and never count, but
 whatever is in flight does. When calls queue up (a burst, a rate near the gateway's limit) the live backlog
 triggers collection after collection, promotes itself into the older generations and makes every full pass
-scan it: bench/RESULTS.md measured 3 s of a 5 s run spent collecting at 6,000 calls/s offered, and the
+scan it: bench/RESULTS.md records 3 s of a 5 s run spent collecting at 6,000 calls/s offered, and the
 gateway falling behind for good where, with ``THRESHOLDS``, the same run kept up at 115 µs per call. The
 price is that unreachable cycles wait longer to be freed (up to ``THRESHOLDS[0]`` new objects' worth).
 

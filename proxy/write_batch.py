@@ -1,8 +1,8 @@
 """Everything written to one pipe or socket during one turn of the event loop leaves in one system call.
 
-A write that wakes a process sleeping on another CPU costs the writer tens of µs on a virtual machine:
-bench/RESULTS.md measured 27 µs per write to a backend's pipe and up to 82 µs per WebSocket frame, most
-of a call's cost. Messages come in bursts -- one read of a client's socket holds many requests, one read
+Every write wakes the process at the other end, and the writer pays for the wake-up: bench/RESULTS.md
+measured 27 µs of wall time per write to a backend's pipe and up to 82 µs per WebSocket frame, most of a
+call's cost then. Messages come in bursts -- one read of a client's socket holds many requests, one read
 of a backend's pipe many replies -- and the tasks they wake all write within the same turn of the loop.
 A ``WriteBatch`` keeps those writes and hands them over joined, once the callbacks already queued for
 this turn have run: under load the wake-ups per call fall with the burst size, and a lone message waits
