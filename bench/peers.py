@@ -381,6 +381,7 @@ async def _serve(
     port = int(argv[list(argv).index("--port") + 1])
     try:
         await _wait_listening(process, port, workdir / f"{name}.log")
+        placement.check(process.pid, GATEWAY_CPU)
     except BaseException:
         await children.stop(process)
         raise
@@ -508,6 +509,7 @@ PEERS = (
 def portico_starter(transport: str) -> Starter:
     async def start(children: Children, workdir: Path, placement: Placement) -> Started:
         process, ws_url = await start_gateway(children, workdir, prefix=placement.prefix(GATEWAY_CPU))
+        placement.check(process.pid, GATEWAY_CPU)
         return Started((process,), ws_url if transport == "ws" else "http://" + ws_url.removeprefix("ws://"))
 
     return start

@@ -433,12 +433,7 @@ async def list_direct(children: Children, workdir: Path, backends: int, tools: i
     total = backends * tools
     backend, url = await start_null_backend(children, workdir, "ws", extra_args=("--tools", str(total)))
     result = ListResult("direct", 1, total, RunResult("direct", 1, 0.0))
-    try:
-        async with asyncio.timeout(LIST_MODE_SECONDS):
-            await measure_lists(result, url, lists)
-    finally:
-        await children.stop(backend)
-    return result
+    return await _lists_then_stop(children, backend, result, url, lists)
 
 
 async def list_gateway(
@@ -449,11 +444,18 @@ async def list_gateway(
     marker = f"b{backends - 1:02d} ({tools} tools)".encode()
     gateway, url = await start_gateway(children, workdir, config=config, ready_marker=marker)
     result = ListResult("gateway", backends, backends * tools, RunResult("gateway", 1, 0.0))
+    return await _lists_then_stop(children, gateway, result, url, lists)
+
+
+async def _lists_then_stop(
+    children: Children, server: asyncio.subprocess.Process, result: ListResult, url: str, lists: int
+) -> ListResult:
+    """Time ``lists`` whole lists at ``url`` into ``result`` (bounded); stop ``server`` come what may."""
     try:
         async with asyncio.timeout(LIST_MODE_SECONDS):
             await measure_lists(result, url, lists)
     finally:
-        await children.stop(gateway)
+        await children.stop(server)
     return result
 
 
