@@ -5,10 +5,10 @@ session: every HTTP request is one, so without this pool each of its calls would
 and do a handshake. When such a session ends, its link waits here (a few at most, for a short while) and
 the next stateless session of the same principal declaring the same capabilities takes it over (a backend
 may keep state per connection, so a link never passes from one principal to another); and whenever a
-session takes the last idle link of its kind, a spare is opened in the background, so concurrent requests
-rarely wait for a process to start. A link serves one session at a time, so a backend's request on it is
-still attributed to exactly one client, and it declares its first session's capabilities, so a backend
-that adapts to what the client can answer sees the truth.
+session takes the last idle link of its kind, a spare is opened in the background (one at a time per kind),
+so concurrent requests rarely wait for a process to start. A link serves one session at a time, so a
+backend's request on it is still attributed to exactly one client, and it declares its first session's
+capabilities, so a backend that adapts to what the client can answer sees the truth.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ class IdleLinks:
         self._idle_seconds = idle_seconds
         self._idle: dict[UpstreamLink, tuple[PoolKey, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Kinds whose spare is being opened. One at a time per kind: a quick run of calls, each taking the
+        # link the previous one gave back, would otherwise start a process per call, all at once, and the
+        # CPU they take slows every start (a new session's own included) to many seconds.
+        self._opening: set[PoolKey] = set()
         self._closed = False
 
     def take(self, capabilities: dict[str, Any], owner: str, subject: str) -> UpstreamLink | None:
@@ -59,8 +63,9 @@ class IdleLinks:
                 timer.cancel()
                 link.owner = owner
                 found = link
-        if not any(link_key == key for link_key, _ in self._idle.values()):
-            self._spawn(self._open_spare(capabilities, subject))
+        if key not in self._opening and not any(link_key == key for link_key, _ in self._idle.values()):
+            self._opening.add(key)
+            self._spawn(self._open_spare(key, capabilities, subject))
         return found
 
     def keep(self, link: UpstreamLink) -> bool:
@@ -82,14 +87,16 @@ class IdleLinks:
         self._idle.clear()
         await asyncio.gather(*(link.close() for link in links), *self._tasks, return_exceptions=True)
 
-    async def _open_spare(self, capabilities: dict[str, Any], subject: str) -> None:
-        if len(self._idle) >= self._limit:
-            return
+    async def _open_spare(self, key: PoolKey, capabilities: dict[str, Any], subject: str) -> None:
         try:
+            if len(self._idle) >= self._limit:
+                return
             link = await self._open(capabilities)
         except BackendUnavailable as exc:
             log.info("a spare per-client link could not be opened: %s", exc.message)
             return
+        finally:
+            self._opening.discard(key)
         link.subject = subject
         if not self.keep(link):
             await link.close()

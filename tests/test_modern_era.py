@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +239,50 @@ async def test_stateless_clients_reuse_a_per_client_backends_links(start_gateway
 
 def text(result: dict[str, Any]) -> str:
     return str(result["content"][0]["text"])
+
+
+async def test_calls_in_a_row_open_one_spare_link_at_a_time(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    # Calls in a row, each taking the link the one before gave back, each take the last idle link of their
+    # kind. While the spare that the first of them asked for starts, the others must not start a process
+    # each: on the conformance run's legacy-only path twenty started at once, and took so much of the CPU
+    # that a new session's own link took 10 s to start.
+    starts, slow = tmp_path / "starts", tmp_path / "slow"
+    noted = {  # the fixture, by way of a shell that notes each start (and takes 1 s over it once told to)
+        "command": "/bin/sh",
+        "args": [
+            "-c",
+            'echo started >> "$STARTS"; if [ -e "$SLOW" ]; then sleep 1; fi; exec "$0" "$@"',
+            sys.executable,
+            everything()["args"][0],
+        ],
+        "env": {"STARTS": str(starts), "SLOW": str(slow)},
+    }
+    gw = await start_gateway({"mcpServers": {"ev": everything(session="per-client", **noted)}})
+    url = gw.server.make_url("/mcp")
+
+    def started() -> int:
+        return len(starts.read_text().splitlines())
+
+    async def call(tool: str, arguments: dict[str, Any]) -> None:
+        body = request("tools/call", {"name": f"ev_{tool}", "arguments": arguments})
+        async with gw.http.post(url, json=body, headers=modern_post(f"ev_{tool}")) as response:
+            assert (await response.json())["result"]["resultType"] == "complete"
+
+    await call("whoami", {})  # opens its own link, and a spare
+    idle = gw.gateway.backends["ev"]._idle_links._idle
+    async with asyncio.timeout(30):
+        while len(idle) < 2:  # the call's link, given back, and the spare, once its handshake is done
+            await asyncio.sleep(0.05)
+    assert started() == 3  # the catalog link's, the call's and the spare's
+    slow.touch()
+    # One of them stays busy, so each call below takes the last idle link there is.
+    holding = asyncio.create_task(call("slow", {"seconds": 2, "steps": 1}))
+    await asyncio.sleep(0.3)
+    before = started()
+    for _ in range(8):
+        await call("whoami", {})
+    await asyncio.sleep(0.3)  # time for any spare asked for to be started
+    assert started() - before == 1
+    await holding
