@@ -57,7 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.peers --rates $(PEER_RATES) --seconds 4 --connections 32
 	$(BIN)/python -m bench.report
 
-PEER_RATES ?= 500 1000 2000 3000 4000 5000
+PEER_RATES ?= 500 1000 1500 2000 3000 4000 5000 6000 7000 8000 9000
 
 # Proves the benchmark harness works (every call answered, none failed); it asserts nothing about speed.
 bench-smoke: $(STAMP)

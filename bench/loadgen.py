@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from bench.core_ws import (
     call_message,
     check_call_reply,
 )
+from bench.http_link import HttpLink, Response
 
 _HIGHEST_US = 60_000_000
 _SIGNIFICANT_DIGITS = 3
@@ -310,78 +312,137 @@ SESSION_HEADER = "Mcp-Session-Id"
 
 
 class HttpConnection(Connection):
-    """One keep-alive TCP connection (a pool of one) carrying one Streamable HTTP session."""
+    """One keep-alive TCP connection carrying one Streamable HTTP session; its calls queue for it."""
+
+    # Whether the server must mint an Mcp-Session-Id (Portico and the null backend do; peers may not).
+    session_required = True
+    # What a notification may be answered with (the specification says 202 Accepted).
+    notification_statuses: tuple[int, ...] = (202,)
 
     def __init__(self, spec: LoadSpec, recorder: Recorder) -> None:
         super().__init__(spec, recorder)
-        self.http: aiohttp.ClientSession | None = None
-        self.calls: set[asyncio.Task[None]] = set()
+        self.link: HttpLink | None = None
+        self.waiting: deque[tuple[int, int]] = deque()
+        self.current: tuple[int, int] | None = None
+        self.reconnecting: asyncio.Task[None] | None = None
+        self.tools: tuple[str, ...] = ()
+
+    def handshake_id(self) -> int:
+        """The id of the set-up requests (``initialize``, ``tools/list``)."""
+        return 0
 
     async def open(self) -> None:
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-        headers.update(self.spec.headers)
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers=headers)
+        link = HttpLink(self.spec.url, {**headers, **self.spec.headers})
+        await link.connect()
         params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
-        initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
-        async with self.http.post(self.spec.url, data=orjson.dumps(initialize)) as response:
-            body = await response.read()
-            session = response.headers.get(SESSION_HEADER)
-            if response.status != 200 or session is None:
-                raise BenchError(f"initialize over HTTP failed: {response.status} {body[:300]!r}")
+        initialize = {"jsonrpc": "2.0", "id": self.handshake_id(), "method": "initialize", "params": params}
+        response = await link.exchange(orjson.dumps(initialize))
+        session = response.headers.get(SESSION_HEADER.lower())
+        if response.status != 200 or (session is None and self.session_required):
+            raise BenchError(f"initialize over HTTP failed: {response.status} {response.body[:300]!r}")
         # Every later request of this session carries its id and the negotiated version.
-        self.http.headers.update({SESSION_HEADER: session, "MCP-Protocol-Version": PROTOCOL_VERSION})
+        if session is not None:
+            link.set_header(SESSION_HEADER, session)
+        link.set_header("MCP-Protocol-Version", PROTOCOL_VERSION)
         initialized = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        async with self.http.post(self.spec.url, data=initialized) as response:
-            if response.status != 202:
-                raise BenchError(f"notifications/initialized got {response.status}, not 202")
-        listing = await self._request(orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "tools/list"}))
-        names = [tool.get("name") for tool in listing.get("result", {}).get("tools", [])]
-        if self.spec.tool not in names:
-            raise BenchError(f"tool {self.spec.tool!r} is not listed (tools: {names})")
+        response = await link.exchange(initialized)
+        if response.status not in self.notification_statuses:
+            raise BenchError(f"notifications/initialized got {response.status}")
+        tools_list = orjson.dumps({"jsonrpc": "2.0", "id": self.handshake_id(), "method": "tools/list"})
+        listing = _reply_of(await link.exchange(tools_list))
+        self.tools = tuple(str(tool.get("name")) for tool in listing.get("result", {}).get("tools", []))
+        if self.spec.tool and self.spec.tool not in self.tools:
+            raise BenchError(f"tool {self.spec.tool!r} is not listed (tools: {list(self.tools)})")
+        self._attach(link)
 
-    async def _request(self, body: bytes) -> dict[str, Any]:
-        assert self.http is not None
-        async with self.http.post(self.spec.url, data=body) as response:
-            raw = await response.read()
-            if response.status != 200:
-                raise BenchError(f"HTTP {response.status}: {raw[:300]!r}")
-            if response.content_type == "text/event-stream":
-                return _last_sse_message(raw)
-            reply: dict[str, Any] = orjson.loads(raw)
-            return reply
+    def _attach(self, link: HttpLink) -> None:
+        link.on_response = self._replied
+        link.on_closed = self._closed
+        self.link = link
 
     async def send(self, calls: Sequence[tuple[int, int]]) -> None:
-        for request_id, intended in calls:
-            task = asyncio.create_task(self._call(request_id, intended))
-            self.calls.add(task)
-            task.add_done_callback(self.calls.discard)
+        self.waiting.extend(calls)
+        if self.current is None:
+            self._send_next()
 
-    async def _call(self, request_id: int, intended: int) -> None:
-        deadline = (intended + self.recorder.timeout_ns - time.perf_counter_ns()) / 1e9
+    def _send_next(self) -> None:
+        """Send the first waiting call that can still be answered in time; later ones wait their turn."""
+        assert self.link is not None
+        now = time.perf_counter_ns()
+        while self.waiting:
+            if self.link.closed:
+                self._reconnect()
+                return
+            request_id, intended = self.waiting.popleft()
+            if now - intended > self.recorder.timeout_ns:
+                self.recorder.timed_out()  # a real client would have given up on it by now
+                continue
+            self.current = (request_id, intended)
+            self.link.post(self.spec.call(request_id))
+            return
+
+    def _replied(self, response: Response) -> None:
+        if self.current is None:
+            return  # the run expired this call already
+        request_id, intended = self.current
+        self.current = None
         try:
-            async with asyncio.timeout(max(0.0, deadline)):
-                reply = await self._request(self.spec.call(request_id))
-        except TimeoutError:
-            self.recorder.timed_out()
-        except (BenchError, aiohttp.ClientError, ConnectionError, orjson.JSONDecodeError) as exc:
+            reply = _reply_of(response)
+        except (BenchError, orjson.JSONDecodeError) as exc:
             self.recorder.fail(f"call {request_id}: {exc!r}")
         else:
             self.recorder.replied(intended, reply)
+        self._send_next()
+
+    def _closed(self, why: str) -> None:
+        if self.current is not None:
+            self.recorder.fail(f"call {self.current[0]}: {why}")
+            self.current = None
+        if self.waiting:
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        """A server may close a keep-alive connection; the session goes on over a new one."""
+        if self.reconnecting is None or self.reconnecting.done():
+            self.reconnecting = asyncio.create_task(self._connect_again())
+
+    async def _connect_again(self) -> None:
+        assert self.link is not None
+        link = HttpLink(self.spec.url, self.link.headers)
+        try:
+            await link.connect()
+        except OSError as exc:
+            self.recorder.fail(f"reconnecting failed: {exc!r}", len(self.waiting))
+            self.waiting.clear()
+            return
+        self._attach(link)
+        self._send_next()
 
     async def expire(self) -> None:
-        # Each call has its own deadline, so by now they have all ended; this only catches stragglers.
-        # A task that just finished may still be in the set: its done-callback has not run yet.
-        stragglers = [task for task in self.calls if not task.done()]
-        if stragglers:
-            for task in stragglers:
-                task.cancel()
-            await asyncio.gather(*stragglers, return_exceptions=True)
-            self.recorder.timed_out(len(stragglers))
+        unanswered = len(self.waiting) + (self.current is not None)
+        self.waiting.clear()
+        self.current = None
+        if unanswered:
+            self.recorder.timed_out(unanswered)
 
     async def close(self) -> None:
         await self.expire()
-        if self.http is not None:
-            await self.http.close()
+        if self.reconnecting is not None:
+            self.reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reconnecting
+        if self.link is not None:
+            self.link.close()
+
+
+def _reply_of(response: Response) -> dict[str, Any]:
+    if response.status != 200:
+        raise BenchError(f"HTTP {response.status}: {response.body[:300]!r}")
+    if response.content_type == "text/event-stream":
+        return _last_sse_message(response.body)
+    reply: dict[str, Any] = orjson.loads(response.body)
+    return reply
 
 
 def _last_sse_message(raw: bytes) -> dict[str, Any]:

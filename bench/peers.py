@@ -15,10 +15,12 @@ user+system time of the whole process tree *except* the null backends (the proxy
 measured window, divided by the calls offered in it; the table shows it only for runs that kept up.
 
 A peer that is not installed, does not start, or fails its handshake is reported with the reason, never
-skipped. Results are printed as a table and written to bench/out/peers.json. The exit status is 1 only if a
-run could not be done (a system that falls behind or answers wrongly is a result, shown in the table);
-``--smoke`` runs 1 s at a low rate and also fails if any call failed. Every child and everything it started is
-killed on every exit path (``Children.stop`` walks the process tree), on SIGTERM too.
+skipped. Rates run from low to high, and a system that answers less than half of a rate is not offered the
+higher ones (it says so): past that point runs only pile up timeouts. Results are printed as a table and
+written to bench/out/peers.json. The exit status is 1 only if a run could not be done (a system that falls
+behind or answers wrongly is a result, shown in the table); ``--smoke`` runs 1 s at a low rate and also
+fails if any call failed. Every child and everything it started is killed on every exit path
+(``Children.stop`` walks the process tree), on SIGTERM too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import itertools
 import math
@@ -47,8 +50,6 @@ import orjson
 
 from bench import loadgen
 from bench.core_ws import (
-    CLIENT_INFO,
-    PROTOCOL_VERSION,
     REPO,
     STARTUP_SECONDS,
     BenchError,
@@ -166,39 +167,14 @@ class PeerHttpConnection(loadgen.HttpConnection):
     POST to the backend as is; every other peer, and Portico, mint one. Calls go out exactly as loadgen's.
     """
 
-    tools: tuple[str, ...] = ()
+    session_required = False
+    notification_statuses = (200, 202)
     # Handshake ids unique across connections (and below the calls' 1, 2, ...): ContextForge's bridge
     # matches replies to POSTs by id alone, so two connections' concurrent "id": 0 could swap replies.
     _handshake_ids = itertools.count(-1, -1)
 
-    async def open(self) -> None:
-        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-        headers.update(self.spec.headers)
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers=headers)
-        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": next(self._handshake_ids),
-            "method": "initialize",
-            "params": params,
-        }
-        async with self.http.post(self.spec.url, data=orjson.dumps(initialize)) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise BenchError(f"initialize failed: {response.status} {body[:300]!r}")
-            session = response.headers.get(loadgen.SESSION_HEADER)
-        if session is not None:
-            self.http.headers[loadgen.SESSION_HEADER] = session
-        self.http.headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
-        initialized = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        async with self.http.post(self.spec.url, data=initialized) as response:
-            if response.status not in (200, 202):
-                raise BenchError(f"notifications/initialized got {response.status}")
-        list_tools = {"jsonrpc": "2.0", "id": next(self._handshake_ids), "method": "tools/list"}
-        listing = await self._request(orjson.dumps(list_tools))
-        self.tools = tuple(str(tool.get("name")) for tool in listing.get("result", {}).get("tools", []))
-        if self.spec.tool and self.spec.tool not in self.tools:
-            raise BenchError(f"tool {self.spec.tool!r} is not listed (tools: {list(self.tools)})")
+    def handshake_id(self) -> int:
+        return next(self._handshake_ids)
 
 
 loadgen.CONNECTIONS[PEER_TRANSPORT] = PeerHttpConnection
@@ -608,19 +584,38 @@ async def main_async(
     placement.pin_self()
     peers = [peer for peer in PEERS if not only or peer.name in only]
     rows: list[PeerRow] = []
+    overwhelmed: set[tuple[str, str]] = set()
     async with children_and_workdir("portico-peers-") as (children, workdir):
-        for rate in rates:
+        for rate in sorted(rates):
             at_rate = dataclasses.replace(options, rate=rate)
-            for peer in peers:
-                _record(rows, await run_peer(children, workdir, peer, at_rate))
+            runs: list[tuple[str, str, Callable[[], Awaitable[PeerRow]]]] = [
+                (peer.name, "streamable http", functools.partial(run_peer, children, workdir, peer, at_rate))
+                for peer in peers
+            ]
             if not only or "portico" in only:
-                for transport in ("http", "ws"):
-                    _record(rows, await run_portico(children, workdir, transport, at_rate))
+                runs += [
+                    ("portico", name, functools.partial(run_portico, children, workdir, transport, at_rate))
+                    for transport, name in (("http", "streamable http"), ("ws", "websocket"))
+                ]
+            for system, transport, run in runs:
+                if (system, transport) in overwhelmed:
+                    continue
+                row = await run()
+                _record(rows, row)
+                if _overwhelmed(row):
+                    overwhelmed.add((system, transport))
+                    print(f"  {system} over {transport}: not offered more than {rate:,.0f}/s", flush=True)
     print(table(rows))
     write_json(rows, header, options)
     print(f"wrote {OUT}")
     bad = [row for row in rows if row.result is None or (strict and row.result.failed)]
     return 1 if bad else 0
+
+
+def _overwhelmed(row: PeerRow) -> bool:
+    """Answered less than half of what was offered: higher rates would only pile up timeouts, and cost
+    minutes of waiting for them, so the system is not offered more."""
+    return row.result is not None and row.result.achieved_rate < row.rate / 2
 
 
 def _record(rows: list[PeerRow], row: PeerRow) -> None:
