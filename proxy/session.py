@@ -119,6 +119,10 @@ class Session:
         except PorticoError as exc:
             await self._respond(jsonrpc.error_from(None, exc))
             return
+        await self.receive_parsed(message)
+
+    async def receive_parsed(self, message: Any) -> None:
+        """Handle one frame's content, parsed already (by a transport that had to look inside first)."""
         if isinstance(message, list):
             await self._receive_batch(message)
             return

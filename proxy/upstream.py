@@ -67,6 +67,9 @@ class UpstreamLink:
         self._pending: dict[RequestId, asyncio.Future[Message]] = {}
         # Fire-and-forget sends stay referenced until done, so the event loop cannot drop them.
         self._background: set[asyncio.Task[None]] = set()
+        # Links are opened by a backend's coroutines; kept because get_running_loop() costs a getpid()
+        # system call on Python 3.11, and every request needs the loop.
+        self._loop = asyncio.get_running_loop()
 
     @property
     def pending_count(self) -> int:
@@ -152,7 +155,7 @@ class UpstreamLink:
             params = eras.with_envelope(params, self.capabilities, self.client_info)
         if request_id is None:
             request_id = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Message] = self._loop.create_future()
         self._pending[request_id] = future
         try:
             # The send is inside the deadline too: a backend that stops reading fills its pipe, and

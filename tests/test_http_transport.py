@@ -550,6 +550,50 @@ async def test_malformed_posts_are_refused_with_the_right_status(start_gateway: 
     assert (await mcp.call(session, request("ping")))[1]["result"] == {}
 
 
+async def _raw_post(url: URL, head: bytes, body: bytes, pause: float | None) -> tuple[int, bytes]:
+    """Send ``head`` and the start of ``body``; after ``pause`` seconds the rest (never, if None)."""
+    assert url.host is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        if pause is not None:
+            await asyncio.sleep(pause)
+            writer.write(body[5:])
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = re.search(rb"(?i)content-length: *(\d+)", headers)
+        assert length is not None, headers
+        return int(status_line.split()[1]), await asyncio.wait_for(reader.readexactly(int(length[1])), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_comes_after_its_headers_is_waited_for_but_not_forever(
+    start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.transports import http as http_transport
+
+    monkeypatch.setattr(http_transport, "_BODY_SECONDS", 1.0)
+    gw = await start_gateway({"mcpServers": {"ev": everything()}})
+    mcp = endpoint(gw)
+    session = await mcp.open_session()
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {mcp.url.authority}\r\nContent-Type: application/json\r\n"
+        f"Accept: {JSON_AND_SSE}\r\n{SESSION}: {session}\r\n"
+    ).encode()
+    body = json.dumps(request("ping", request_id="late")).encode()
+
+    status, answer = await _raw_post(mcp.url, head, body, pause=0.3)
+    assert status == 200, answer
+    assert json.loads(answer) == {"jsonrpc": "2.0", "id": "late", "result": {}}
+
+    status, answer = await _raw_post(mcp.url, head, body, pause=None)
+    assert status == 408, answer
+    assert_rpc_error(json.loads(answer), INVALID_REQUEST)
+    assert "the body did not arrive in time" in json.loads(answer)["error"]["message"]
+    assert (await mcp.call(session, request("ping")))[1]["result"] == {}
+
+
 async def test_a_body_over_max_message_bytes_gets_413(start_gateway: StartGateway) -> None:
     gw = await start_gateway({"listen": {"max_message_bytes": 2048}, "mcpServers": {"ev": everything()}})
     mcp = endpoint(gw)

@@ -10,6 +10,7 @@ endpoint's path, as the MCP authorization specification prescribes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,13 +76,30 @@ def credentials_of(request: web.Request, transport: str) -> Credentials:
     return Credentials(
         transport=transport,
         path=path,
-        url=str(request.url.with_path(path).with_query(None)),
+        url=_endpoint_url(request, path),
         authorization=request.headers.get("Authorization"),
-        subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
-        query=dict(request.query),
+        subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()) if offered else (),
+        query=dict(request.query) if request.query_string else {},
         remote=request.remote or "",
         traceparent=request.headers.get("traceparent"),
     )
+
+
+def _endpoint_url(request: web.Request, path: str) -> str:
+    """``request``'s URL with ``path`` and no query (what a token's audience is checked against)."""
+    if not request.raw_path.startswith("/"):
+        # An absolute-form target ("POST http://host:port/mcp") names its own authority, which
+        # request.host only partly reflects (no port).
+        return str(request.url.with_path(path).with_query(None))
+    # For the usual origin-form target, aiohttp builds request.url from exactly this scheme and host.
+    return _url_of(request.scheme, request.host, path)
+
+
+# Every HTTP request needs its endpoint's URL, yarl takes ~10 µs to build one, and the few there are
+# repeat. The Host header is the client's to choose, so the cache is bounded.
+@functools.lru_cache(maxsize=256)
+def _url_of(scheme: str, host: str, path: str) -> str:
+    return str(URL.build(scheme=scheme, authority=host).with_path(path))
 
 
 def refusal(request: web.Request, gateway: Gateway, exc: Unauthenticated) -> web.Response:
@@ -122,7 +140,7 @@ async def handle_protected_resource(request: web.Request) -> web.Response:
 def _metadata(request: web.Request, authenticator: Authenticator) -> dict[str, Any]:
     path = request.match_info.get("endpoint")
     path = "/" + path if path else endpoint_path(request)
-    return authenticator.protected_resource(path, str(request.url.with_path(path).with_query(None)))
+    return authenticator.protected_resource(path, _endpoint_url(request, path))
 
 
 def _quotable(text: str) -> str:

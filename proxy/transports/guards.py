@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from aiohttp import web
@@ -54,13 +55,20 @@ def host_allowed(host: str | None, listen: ListenConfig) -> bool:
         return True
     if not listen.allowed_hosts and not is_loopback(listen.host):
         return True
-    if host is None:
-        return False
-    try:
-        name = URL(f"http://{host}").host
-    except ValueError:
+    name = _name_in(host) if host is not None else None
+    if name is None:
         return False
     return _bare(name) in LOCAL_HOSTS or name in listen.allowed_hosts
+
+
+# Parsed on every request, and yarl takes a few µs; clients choose the header, so the cache is bounded.
+@functools.lru_cache(maxsize=256)
+def _name_in(host: str) -> str | None:
+    """The host name of a Host header's value (without the port), or None if it is not a valid one."""
+    try:
+        return URL(f"http://{host}").host
+    except ValueError:
+        return None
 
 
 def foreign_reason(request: web.Request, listen: ListenConfig) -> str | None:

@@ -103,14 +103,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     admission = await admit(request, gateway, "streamable-http")
     if isinstance(admission, web.Response):
         return admission
-    try:
-        async with asyncio.timeout(_BODY_SECONDS):
-            body = await request.read()
-    except TimeoutError:
-        return _error(408, None, InvalidRequest("Request Timeout: the body did not arrive in time"))
-    except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
-        # A body that is cut off or wrongly encoded: the client's fault, said plainly, no traceback.
-        return _error(400, None, InvalidRequest(f"Bad Request: the body could not be read ({exc})"))
+    body = await _body_of(request)
+    if isinstance(body, web.Response):
+        return body
     message: Any = None
     try:
         message = jsonrpc.loads(body)
@@ -120,12 +115,27 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     except PorticoError as exc:
         return _error(400, jsonrpc.salvage_id(message), exc)
     if http_modern.speaks_modern(request):
-        return await http_modern.post(request, gateway, message, kind, body, admission)
-    return await _post_message(request, gateway, message, kind, body, admission)
+        return await http_modern.post(request, gateway, message, kind, admission)
+    return await _post_message(request, gateway, message, kind, admission)
+
+
+async def _body_of(request: web.Request) -> bytes | web.Response:
+    """The POST's body, or the 408/400 that says why it could not be read."""
+    try:
+        if request.content.is_eof():
+            # Usually the whole body came with the headers: nothing to wait for, so no timer to set.
+            return await request.read()
+        async with asyncio.timeout(_BODY_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        return _error(408, None, InvalidRequest("Request Timeout: the body did not arrive in time"))
+    except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+        # A body that is cut off or wrongly encoded: the client's fault, said plainly, no traceback.
+        return _error(400, None, InvalidRequest(f"Bad Request: the body could not be read ({exc})"))
 
 
 async def _post_message(
-    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes, admission: Admission
+    request: web.Request, gateway: Gateway, message: Message, kind: Kind, admission: Admission
 ) -> web.StreamResponse:
     sessions = request.app[HTTP_SESSIONS]
     request_id = message.get("id") if kind is Kind.REQUEST else None
@@ -147,20 +157,19 @@ async def _post_message(
     channel.last_active = time.monotonic()
     headers = {SESSION_HEADER: session.id}
     if kind is not Kind.REQUEST:
-        await session.receive(body)
+        await session.receive_parsed(message)
         return web.Response(status=202, headers=headers)
     request_id = message["id"]
     if request_id in channel.exchanges:
         return _error(
             400, request_id, InvalidRequest(f"Invalid Request: id {request_id!r} is already in flight")
         )
-    exchange = Exchange(request_id)
-    channel.exchanges[request_id] = exchange
+    exchange = channel.open_exchange(request_id)
     new = session_id is None
     # The exchange runs in a task of its own: in this era a broken connection does not cancel the
     # request, and its events must stay on its stream (for Last-Event-ID) even if the handler is cancelled.
-    relay = asyncio.get_running_loop().create_task(
-        _relay(request, sessions, session, channel, exchange, body, headers, new)
+    relay = channel.loop.create_task(
+        _relay(request, sessions, session, channel, exchange, message, headers, new)
     )
     return await asyncio.shield(relay)
 
@@ -171,12 +180,12 @@ async def _relay(
     session: Session,
     channel: HttpChannel,
     exchange: Exchange,
-    body: bytes,
+    message: Message,
     headers: dict[str, str],
     new: bool,
 ) -> web.StreamResponse:
     try:
-        await session.receive(body)
+        await session.receive_parsed(message)
         # A failed initialize leaves no session behind, so its reply names none.
         return await answer(request, channel, exchange, lambda: headers if session.protocol_version else {})
     finally:
@@ -208,10 +217,8 @@ async def _post_batch(request: web.Request, batch: list[Any], admission: Admissi
             replies.append(jsonrpc.error_from(jsonrpc.salvage_id(item), exc))
             continue
         if kind is Kind.REQUEST:
-            exchange = Exchange(item["id"])
-            channel.exchanges[item["id"]] = exchange
-            exchanges.append(exchange)
-        await session.receive(jsonrpc.dumps(item))
+            exchanges.append(channel.open_exchange(item["id"]))
+        await session.receive_parsed(item)
     try:
         for exchange in exchanges:
             frame, final = await exchange.queue.get()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -17,13 +18,43 @@ from proxy.transports.sse import EventStore, SseSink
 NextFrame = Callable[[], Awaitable[tuple[bytes, bool] | None]]
 
 
+class Frames:
+    """What is queued for one exchange: (frame, is the reply) pairs, taken by one reader at a time.
+
+    An ``asyncio.Queue`` per POST cost more than the rest of the exchange's bookkeeping (it makes an Event
+    and three deques, and asks for the running loop, a system call on Python 3.11, on every wait).
+    """
+
+    __slots__ = ("_items", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[bytes, bool]) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> tuple[bytes, bool]:
+        # A reader cancelled while waiting takes nothing: the item stays for the next get().
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class Exchange:
     """One POSTed request waiting for its reply, and what the gateway sends the client before it."""
 
-    def __init__(self, request_id: RequestId) -> None:
+    def __init__(self, request_id: RequestId, loop: asyncio.AbstractEventLoop) -> None:
         self.request_id = request_id
         # (frame, is the reply); an empty frame marked as the reply ends the exchange without one.
-        self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        self.queue = Frames(loop)
         self.answered = False
         # Set once the reply needs a stream; the sink can change when the client resumes elsewhere.
         self.stream = 0
@@ -41,6 +72,13 @@ class HttpChannel:
         self.exchanges: dict[RequestId, Exchange] = {}
         self.ended = asyncio.Event()
         self.last_active = time.monotonic()
+        # Channels are made by request handlers, on the loop that serves them.
+        self.loop = asyncio.get_running_loop()
+
+    def open_exchange(self, request_id: RequestId) -> Exchange:
+        """A POSTed request's exchange: from now on its reply, and what precedes it, go there."""
+        exchange = self.exchanges[request_id] = Exchange(request_id, self.loop)
+        return exchange
 
     async def respond(self, frame: bytes, request_id: RequestId | None) -> None:
         exchange = self.exchanges.get(request_id) if request_id is not None else None

@@ -42,7 +42,7 @@ def not_allowed() -> web.Response:
 
 
 async def post(
-    request: web.Request, gateway: Gateway, message: Message, kind: Kind, body: bytes, admission: Admission
+    request: web.Request, gateway: Gateway, message: Message, kind: Kind, admission: Admission
 ) -> web.StreamResponse:
     if kind is not Kind.REQUEST:
         return web.Response(status=202)
@@ -54,11 +54,10 @@ async def post(
     channel = HttpChannel(store_size=0)
     session = Session(gateway, "streamable-http", channel, remote=request.remote or "", view=admission.view)
     session.authenticated(admission.principal)
-    exchange = Exchange(message["id"])
-    channel.exchanges[message["id"]] = exchange
+    exchange = channel.open_exchange(message["id"])
     answered = False
     try:
-        await session.receive(body)
+        await session.receive_parsed(message)
         next_frame = _until_disconnect(request, exchange, session)
         response = await answer(request, channel, exchange, dict, next_frame=next_frame, status_of=_status_of)
         answered = True
