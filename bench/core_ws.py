@@ -503,13 +503,16 @@ async def run_direct(children: Children, workdir: Path, settings: Settings) -> R
         await children.stop(backend)
 
 
-def write_config(workdir: Path) -> Path:
+NULL_BACKEND_MODULE = (sys.executable, "-m", "bench.null_backend")
+
+
+def write_config(workdir: Path, backend: Sequence[str] = NULL_BACKEND_MODULE) -> Path:
+    """A gateway config with one stdio backend, the null backend unless ``backend`` (argv) says otherwise."""
     # JSON is valid YAML, and needs no YAML library here; cwd makes ``-m bench.null_backend`` importable.
+    command, *args = backend
     config = {
         "listen": {"host": "127.0.0.1", "port": 0},
-        "mcpServers": {
-            "null": {"command": sys.executable, "args": ["-m", "bench.null_backend"], "cwd": str(REPO)}
-        },
+        "mcpServers": {"null": {"command": command, "args": args, "cwd": str(REPO)}},
         "plugins": [],
     }
     path = workdir / "portico.yaml"

@@ -62,6 +62,7 @@ from bench.core_ws import (
     machine,
     run_until_interrupted,
     start_gateway,
+    write_config,
 )
 from bench.loadgen import LoadSettings
 from bench.open_loop import GATEWAY_CPU, Placement
@@ -484,7 +485,11 @@ PEERS = (
 
 def portico_starter(transport: str) -> Starter:
     async def start(children: Children, workdir: Path, placement: Placement) -> Started:
-        process, ws_url = await start_gateway(children, workdir, prefix=placement.prefix(GATEWAY_CPU))
+        # The peers' backend command exactly, so that it is known as the backend: moved to the generator's
+        # CPU and left out of the proxy's CPU time, as theirs are.
+        config = write_config(workdir, NULL_BACKEND)
+        prefix = placement.prefix(GATEWAY_CPU)
+        process, ws_url = await start_gateway(children, workdir, prefix=prefix, config=config)
         placement.check(process.pid, GATEWAY_CPU)
         return Started((process,), ws_url if transport == "ws" else "http://" + ws_url.removeprefix("ws://"))
 

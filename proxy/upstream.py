@@ -157,12 +157,19 @@ class UpstreamLink:
             request_id = next(self._ids)
         future: asyncio.Future[Message] = self._loop.create_future()
         self._pending[request_id] = future
+        # The deadline is a timer that fails the reply's future: asyncio.timeout costs several times as
+        # much (it cancels and un-cancels the task), and this runs for every call.
+        expiry = None if timeout is None else self._loop.call_later(timeout, _expire, future)
+        data = jsonrpc.dumps(jsonrpc.request(request_id, method, params))
         try:
-            # The send is inside the deadline too: a backend that stops reading fills its pipe, and
-            # then the write itself waits.
-            async with asyncio.timeout(timeout):
-                await self.connector.send(jsonrpc.dumps(jsonrpc.request(request_id, method, params)))
-                return await future
+            if self.connector.sends_at_once():
+                await self.connector.send(data)
+            else:
+                # The send is inside the deadline too: a backend that stops reading fills its pipe, and
+                # then the write itself waits (an HTTP connector's send waits for the POST, too).
+                async with asyncio.timeout(timeout):
+                    await self.connector.send(data)
+            return await future
         except TimeoutError:
             self._cancel_upstream(request_id, "request timed out")
             raise BackendTimeout(f"backend {self.backend!r} did not answer {method} in time") from None
@@ -170,6 +177,8 @@ class UpstreamLink:
             self._cancel_upstream(request_id, "the client cancelled the request")
             raise
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._pending.pop(request_id, None)
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -218,6 +227,11 @@ class UpstreamLink:
             if not future.done():
                 future.set_exception(failure)
         self.handler.on_link_closed(self, reason)
+
+
+def _expire(future: asyncio.Future[Message]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _describe(reply: Message) -> str:

@@ -45,6 +45,11 @@ class Connector(abc.ABC):
     async def send(self, data: bytes) -> None:
         """Send one serialized message; raises BackendUnavailable if the connection is gone."""
 
+    def sends_at_once(self) -> bool:
+        """Whether ``send`` would return now, without waiting (its caller then needs no timer around it).
+        A connector that cannot tell says no."""
+        return False
+
     def note_tools(self, tools: tuple[dict[str, Any], ...]) -> None:
         """The backend's tools, as last listed; a transport that mirrors arguments in headers needs them."""
         return None

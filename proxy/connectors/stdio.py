@@ -127,6 +127,12 @@ class StdioConnector(Connector):
 
         return write
 
+    def sends_at_once(self) -> bool:
+        # send() waits only to drain a pipe that holds unwritten bytes (see below).
+        process = self.process
+        stdin = process.stdin if process is not None else None
+        return stdin is not None and not stdin.transport.get_write_buffer_size()
+
     async def send(self, data: bytes) -> None:
         process, batch = self.process, self._batch
         if process is None or process.stdin is None or process.returncode is not None or batch is None:
