@@ -46,7 +46,7 @@ unit: $(STAMP) interop-setup services-setup
 # pytest runs last, so its summary is the closing line of the run.
 test: lint typecheck bench-smoke conformance unit
 
-# The whole benchmark (about half an hour): closed loop, the open-loop scenarios and sweeps, the scale
+# The whole benchmark (about 15 minutes): closed loop, the open-loop scenarios and sweeps, the scale
 # scenarios, the peer gateways side by side (installed into bench/.peers/ first), then bench/plots/*.png
 # and the tables from bench/out/*.json.
 bench: $(STAMP)
