@@ -106,15 +106,16 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     body = await _body_of(request)
     if isinstance(body, web.Response):
         return body
+    modern = http_modern.speaks_modern(request)
     message: Any = None
     try:
         message = jsonrpc.loads(body)
-        if isinstance(message, list) and not http_modern.speaks_modern(request):
+        if isinstance(message, list) and not modern:
             return await _post_batch(request, message, admission)
         kind = jsonrpc.classify(message)
     except PorticoError as exc:
         return _error(400, jsonrpc.salvage_id(message), exc)
-    if http_modern.speaks_modern(request):
+    if modern:
         return await http_modern.post(request, gateway, message, kind, admission)
     return await _post_message(request, gateway, message, kind, admission)
 
