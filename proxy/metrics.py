@@ -43,15 +43,17 @@ import logging
 import weakref
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.chain import Context, PluginCounter, Route
 from proxy.errors import ErrorCode
 from proxy.jsonrpc import Message
+from proxy.metric_series import CounterSeries, HistogramSeries
 
 if TYPE_CHECKING:
     from proxy.backend import Backend
@@ -131,47 +133,41 @@ class ToolLabels:
 
 
 class GatewayMetrics:
-    """The metrics of one gateway: its registry, and the two calls the request path makes."""
+    """The metrics of one gateway: its registry, and the calls the request path makes."""
 
     def __init__(self, gateway: Gateway, tool_limit: int = TOOL_LABEL_LIMIT) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.tools = ToolLabels(tool_limit)
-        self._requests = Counter(
+        self._requests = CounterSeries(
             "portico_requests",
             "Client requests answered, by backend, method, tool and outcome.",
             ("backend", "method", "tool", "outcome"),
-            registry=self.registry,
         )
-        self._request_seconds = Histogram(
+        self._request_seconds = HistogramSeries(
             "portico_request_seconds",
             "Seconds a client request spent in the gateway, backend included.",
             ("backend", "method"),
-            buckets=BUCKETS,
-            registry=self.registry,
+            BUCKETS,
         )
-        self._backend_seconds = Histogram(
+        self._backend_seconds = HistogramSeries(
             "portico_backend_seconds",
             "Seconds spent inside the backend's call.",
             ("backend", "method"),
-            buckets=BUCKETS,
-            registry=self.registry,
+            BUCKETS,
         )
-        self._denials = Counter(
-            "portico_policy_denials", "Replies refused by the access policy (-32063).", registry=self.registry
+        self._denials = CounterSeries(
+            "portico_policy_denials", "Replies refused by the access policy (-32063)."
         )
-        self._refused = Counter(
+        self._refused = CounterSeries(
             "portico_refused_requests",
             "HTTP requests and WebSocket upgrades refused before any session, by reason.",
             ("reason",),
-            registry=self.registry,
         )
         # Every reason from the start, so a rate over them is defined before the first refusal.
-        self._refusals = {reason: self._refused.labels(reason) for reason in REFUSAL_REASONS}
+        self._refused.counts.update(((reason,), 0) for reason in REFUSAL_REASONS)
+        series = (self._requests, self._request_seconds, self._backend_seconds, self._denials, self._refused)
+        self.registry.register(SeriesCollector(series))
         self.registry.register(GatewayCollector(gateway))
-        # Labelled children, kept: ``labels()`` validates and locks on every call, a dict look-up does not.
-        self._counted: dict[tuple[str, str, str, str], Any] = {}
-        self._timed: dict[tuple[str, str], Any] = {}
-        self._backend_timed: dict[tuple[str, str], Any] = {}
 
     def request_done(self, ctx: Context, reply: Message | None, seconds: float, cancelled: bool) -> None:
         """A client request's chain dispatch ended after ``seconds``."""
@@ -179,58 +175,39 @@ class GatewayMetrics:
         backend = route.backend if route is not None else ""
         method = method_label(ctx.method)
         outcome = "cancelled" if cancelled else outcome_of(reply)
-        key = (backend, method, self.tools.of(ctx.method, route), outcome)
-        counted = self._counted.get(key)
-        if counted is None:
-            counted = self._counted[key] = self._requests.labels(*key)
-        counted.inc()
-        timed = self._timed.get((backend, method))
-        if timed is None:
-            timed = self._timed[(backend, method)] = self._request_seconds.labels(backend, method)
-        timed.observe(seconds)
+        self._requests.inc((backend, method, self.tools.of(ctx.method, route), outcome))
+        self._request_seconds.observe((backend, method), seconds)
         if outcome == _DENIED:
             self._denials.inc()
 
     def refused(self, reason: str) -> None:
         """A request was refused at the edge, before the chain (one of ``REFUSAL_REASONS``)."""
-        self._refusals[reason].inc()
+        self._refused.inc((reason,))
 
     def backend_done(self, backend: str, method: str, seconds: float) -> None:
         """A call to ``backend`` (from the forwarder) ended after ``seconds``."""
-        key = (backend, method_label(method))
-        timed = self._backend_timed.get(key)
-        if timed is None:
-            timed = self._backend_timed[key] = self._backend_seconds.labels(*key)
-        timed.observe(seconds)
+        self._backend_seconds.observe((backend, method_label(method)), seconds)
 
     def traffic(self) -> dict[str, Any]:
         """Totals since start, for the console (which turns two readings into a rate and percentiles):
         requests answered, those that ended in an error, and the request-latency histogram summed over
         backends and methods (``buckets`` are upper bounds in seconds, ``counts`` cumulative, ``count``
         every timed request, those slower than the last bound included)."""
-        requests = errors = 0
-        for sample in _samples(self._requests, "portico_requests_total"):
-            requests += int(sample.value)
-            if sample.labels["outcome"].startswith("error"):
-                errors += int(sample.value)
-        cumulative = dict.fromkeys(BUCKETS, 0)
+        requests = sum(self._requests.counts.values())
+        errors = sum(n for labels, n in self._requests.counts.items() if labels[3].startswith("error"))
+        per_bucket = [0] * (len(BUCKETS) + 1)
         total_seconds = 0.0
-        for sample in _samples(self._request_seconds, "portico_request_seconds_bucket"):
-            bound = float(sample.labels["le"])
-            if bound in cumulative:
-                cumulative[bound] += int(sample.value)
-        timed = 0
-        for sample in _samples(self._request_seconds, "portico_request_seconds_sum"):
-            total_seconds += sample.value
-        for sample in _samples(self._request_seconds, "portico_request_seconds_count"):
-            timed += int(sample.value)
+        for distribution in self._request_seconds.series.values():
+            per_bucket = [a + b for a, b in zip(per_bucket, distribution.counts, strict=True)]
+            total_seconds += distribution.sum
+        cumulative = list(accumulate(per_bucket))
         return {
             "requests": requests,
             "errors": errors,
             "latency": {
                 "buckets": list(BUCKETS),
-                "counts": list(cumulative.values()),
-                "count": timed,
+                "counts": cumulative[:-1],
+                "count": cumulative[-1],
                 "sum_seconds": total_seconds,
             },
         }
@@ -243,10 +220,7 @@ class GatewayMetrics:
 _DENIED = f"error_{ErrorCode.ACCESS_DENIED}"
 
 
-def _samples(metric: Counter | Histogram, name: str) -> Iterator[Any]:
-    """The samples named ``name`` of every labelled child of ``metric``."""
-    for family in metric.collect():
-        yield from (sample for sample in family.samples if sample.name == name)
+
 # -- read at scrape time ------------------------------------------------------------------------------------
 
 BackendReading = Callable[["Backend"], float]
@@ -256,6 +230,17 @@ BACKEND_GAUGES: tuple[tuple[str, str, BackendReading], ...] = (
     ("portico_backend_up", "1 if the backend is ready and its tools are offered, else 0.", lambda b: b.ready),
     ("portico_backend_tools", "Tools the backend lists.", lambda b: len(b.lists.tools)),
 )
+
+
+class SeriesCollector(Collector):
+    """Exposes the series the request path counts into."""
+
+    def __init__(self, series: Iterable[CounterSeries | HistogramSeries]) -> None:
+        self._series = tuple(series)
+
+    def collect(self) -> Iterator[Metric]:
+        for series in self._series:
+            yield series.family()
 
 
 class GatewayCollector(Collector):
