@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -393,6 +394,37 @@ class TracingConfig(_Strict):
         return self
 
 
+class RedisConfig(_Strict):
+    """Shared state for several gateway instances (``proxy.shared_redis``): legacy HTTP sessions, their
+    SSE events, and, for every plugin with a ``redis_url`` option left unset, that plugin's state (cache,
+    rate limits, token revocations, policy changes). Without this section all of it is in memory.
+
+    ``url``: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path``; a
+    Secret, since it may hold a password. ``key_prefix`` starts every key the gateway itself writes, so
+    several deployments can share one Redis. ``timeout_seconds`` bounds every operation.
+    """
+
+    url: Secret
+    key_prefix: str = Field("portico", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    timeout_seconds: float = Field(0.5, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: Secret) -> Secret:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host: redis://host[:port][/db]")
+        try:
+            _ = parts.port
+            if parts.scheme != "unix":
+                int(parts.path.strip("/") or "0")
+        except ValueError:
+            raise ValueError("has a bad port or database number") from None
+        return url
+
+
 class GatewayConfig(_Strict):
     listen: ListenConfig = ListenConfig()
     namespacing: NamespacingConfig = NamespacingConfig()
@@ -402,6 +434,7 @@ class GatewayConfig(_Strict):
     virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
     reload: ReloadConfig = ReloadConfig()
+    redis: RedisConfig | None = None
     plugins: tuple[PluginEntry, ...] = ()
     # Where the file was read from; resolves relative ``cwd`` values. Not part of the file.
     source: str = Field("<memory>", exclude=True)

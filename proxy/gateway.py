@@ -50,6 +50,7 @@ from proxy.listen_hub import ListenHub
 from proxy.metrics import GatewayMetrics
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
+from proxy.shared_redis import SharedRedis
 from proxy.tracing import Tracing, remember_http_traceparent
 from proxy.virtual_servers import build_virtual_servers
 
@@ -99,6 +100,12 @@ class Gateway:
             state.secret.encode() if state.secret else None, state.ttl_seconds, self.end_session
         )
         self._http: aiohttp.ClientSession | None = None
+        # Shared state for several instances (the ``redis`` section); None: everything in memory.
+        self.shared = (
+            SharedRedis(str(config.redis.url), config.redis.key_prefix, config.redis.timeout_seconds)
+            if config.redis is not None
+            else None
+        )
         # The catalog as it was before each withdrawn backend left it, so that a call to one of its
         # names is answered as the backend's failure (-32050), not as the client's unknown name.
         self._before_withdrawal: dict[str, Catalog] = {}
@@ -182,6 +189,8 @@ class Gateway:
         await self.tracing.close()
         if self._http is not None:
             await self._http.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     def replace_plugins(self, plugins: list[NamedPlugin]) -> list[NamedPlugin]:
         """Put a new chain in force (a reload changed the plugins or their options) and return the old

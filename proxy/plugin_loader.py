@@ -7,6 +7,9 @@ A config entry ``name`` is looked up, in order, as:
 
 A plugin module exposes its class as ``plugin``. The class may declare ``Options``, a frozen dataclass or
 pydantic model; the entry's ``options`` are validated against it and passed to the constructor.
+
+Shared state: when the config has a ``redis`` section, a plugin whose options have a ``redis_url`` field
+that its entry leaves out gets ``redis.url`` there, so one line puts every such plugin's state in Redis.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ ENTRY_POINT_GROUP = "portico.plugins"
 
 
 def build_plugins(config: GatewayConfig) -> list[NamedPlugin]:
-    return [_build(entry, config.source, index) for index, entry in enumerate(config.plugins)]
+    return [_build(entry, config, index) for index, entry in enumerate(config.plugins)]
 
 
 def plugin_options(config: GatewayConfig, name: str) -> Any:
@@ -38,14 +41,31 @@ def plugin_options(config: GatewayConfig, name: str) -> Any:
         if entry.name == name:
             where = f"{config.source}: plugins[{index}]"
             options_type = getattr(_resolve(entry.name, where), "Options", None)
-            return None if options_type is None else _options(options_type, entry, where)
+            if options_type is None:
+                return None
+            return _options(options_type, _with_inherited(entry, options_type, config), where)
     return None
 
 
-def _build(entry: PluginEntry, source: str, index: int) -> NamedPlugin:
-    where = f"{source}: plugins[{index}]"
+def _with_inherited(entry: PluginEntry, options_type: Any, config: GatewayConfig) -> PluginEntry:
+    """``entry`` with ``redis_url`` from the ``redis`` section, if its plugin takes one and it names none."""
+    if config.redis is None or "redis_url" in entry.options or "redis_url" not in _field_names(options_type):
+        return entry
+    return entry.model_copy(update={"options": {**entry.options, "redis_url": str(config.redis.url)}})
+
+
+def _field_names(options_type: Any) -> set[str]:
+    if dataclasses.is_dataclass(options_type):
+        return {field.name for field in dataclasses.fields(options_type)}
+    return set(getattr(options_type, "model_fields", {}))
+
+
+def _build(entry: PluginEntry, config: GatewayConfig, index: int) -> NamedPlugin:
+    where = f"{config.source}: plugins[{index}]"
     factory = _resolve(entry.name, where)
     options_type = getattr(factory, "Options", None)
+    if options_type is not None:
+        entry = _with_inherited(entry, options_type, config)
     try:
         if options_type is None:
             if entry.options:

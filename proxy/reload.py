@@ -38,6 +38,7 @@ _RESTART_SECTIONS = (
     "virtual_servers",
     "tracing",
     "admin",
+    "redis",
 )
 
 
