@@ -18,7 +18,8 @@ from proxy.reload import ConfigWatcher, Reloader
 from proxy.transports import legacy_sse
 from proxy.transports.app_keys import GATEWAY, RELOADER
 from proxy.transports.authentication import WELL_KNOWN, handle_protected_resource
-from proxy.transports.http import HTTP_SESSIONS, HttpSessions, handle_delete, handle_get, handle_post
+from proxy.transports.http import handle_delete, handle_get, handle_post
+from proxy.transports.http_sessions import HTTP_SESSIONS, HttpSessions
 from proxy.transports.websocket import OPEN_SOCKETS, close_open_sockets
 
 
@@ -111,7 +112,7 @@ def build_app(gateway: Gateway) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
-        app[HTTP_SESSIONS].start_sweeping()
+        app[HTTP_SESSIONS].start()
         watcher.start()
         yield
         await watcher.stop()

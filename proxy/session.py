@@ -63,6 +63,11 @@ class ClientGone(PorticoError):
     """The client's connection closed while the gateway was waiting for it."""
 
 
+def new_session_id() -> str:
+    """An id no client can guess (144 random bits), in the characters an ``Mcp-Session-Id`` may use."""
+    return secrets.token_urlsafe(18)
+
+
 class Session:
     """A client session on any transport; see the module docstring."""
 
@@ -73,8 +78,10 @@ class Session:
         channel: Channel,
         remote: str = "",
         view: VirtualServer | None = None,
+        session_id: str | None = None,
     ) -> None:
-        self.id = secrets.token_urlsafe(18)
+        # Given when the session exists already (made by another gateway instance, continued here).
+        self.id = session_id or new_session_id()
         # The virtual server whose endpoint the session was opened on (None: the whole aggregate).
         self.view = view
         self.gateway = gateway

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -35,7 +34,10 @@ from proxy.transports.app_keys import GATEWAY
 from proxy.transports.authentication import Admission, admit, belongs
 from proxy.transports.guards import refusal
 from proxy.transports.http_channel import Exchange, HttpChannel, answer
-from proxy.transports.sse import EventStore, SseSink
+from proxy.transports.http_sessions import HTTP_SESSIONS, HttpSessions
+from proxy.transports.redis_events import RedisEventLog, follow_elsewhere
+from proxy.transports.shared_sessions import SharedStoreUnavailable
+from proxy.transports.sse import EventLog, SseSink
 from proxy.transports.websocket import handle_websocket
 
 log = logging.getLogger("portico.http")
@@ -43,53 +45,6 @@ log = logging.getLogger("portico.http")
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 _BODY_SECONDS = 30.0
-
-
-class HttpSessions:
-    """Every open Streamable HTTP session of one gateway, by id."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.clients: dict[str, tuple[Session, HttpChannel]] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-
-    def create(self, remote: str, admission: Admission) -> tuple[Session, HttpChannel]:
-        channel = HttpChannel(self.gateway.config.listen.event_store_size)
-        session = Session(self.gateway, "streamable-http", channel, remote=remote, view=admission.view)
-        session.authenticated(admission.principal)
-        self.clients[session.id] = (session, channel)
-        return session, channel
-
-    async def end(self, session_id: str) -> None:
-        client = self.clients.pop(session_id, None)
-        if client is not None:
-            session, channel = client
-            channel.ended.set()
-            await asyncio.shield(self.gateway.end_session(session))
-
-    def start_sweeping(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-
-    async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        for session_id in list(self.clients):
-            await self.end(session_id)
-
-    async def _sweep(self) -> None:
-        idle_seconds = self.gateway.config.listen.session_idle_seconds
-        while True:
-            await asyncio.sleep(min(60.0, idle_seconds / 2))
-            cutoff = time.monotonic() - idle_seconds
-            for session_id, (_, channel) in list(self.clients.items()):
-                if channel.idle() and channel.last_active < cutoff:
-                    log.info("session %s ended after %.0f s idle", session_id, idle_seconds)
-                    await self.end(session_id)
-
-
-HTTP_SESSIONS = web.AppKey("http_sessions", HttpSessions)
 
 
 async def handle_post(request: web.Request) -> web.StreamResponse:
@@ -151,7 +106,7 @@ async def _post_message(
             return _error(503, request_id, busy, retry=True)
         session, channel = sessions.create(request.remote or "", admission)
     else:
-        found = _session(request, sessions, request_id, admission)
+        found = await _session(request, sessions, request_id, admission)
         if isinstance(found, web.Response):
             return found
         session, channel = found
@@ -159,6 +114,9 @@ async def _post_message(
     headers = {SESSION_HEADER: session.id}
     if kind is not Kind.REQUEST:
         await session.receive_parsed(message)
+        # What it answers or cancels may wait on another instance that serves the session too.
+        await sessions.relay(session.id, message)
+        await sessions.saw(session)
         return web.Response(status=202, headers=headers)
     request_id = message["id"]
     if request_id in channel.exchanges:
@@ -194,12 +152,15 @@ async def _relay(
         channel.last_active = time.monotonic()
         if new and session.protocol_version is None:
             await sessions.end(session.id)
+        else:
+            # Before the reply leaves: the client's next request may reach another instance.
+            await sessions.saw(session)
 
 
 async def _post_batch(request: web.Request, batch: list[Any], admission: Admission) -> web.StreamResponse:
     """Several messages in one POST: part of protocol version 2025-03-26 only. The replies to its
     requests come back as one JSON array (what precedes a reply is not streamed in a batch)."""
-    found = _session(request, request.app[HTTP_SESSIONS], None, admission)
+    found = await _session(request, request.app[HTTP_SESSIONS], None, admission)
     if isinstance(found, web.Response):
         return found
     session, channel = found
@@ -249,33 +210,43 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
     admission = await admit(request, gateway, "streamable-http")
     if isinstance(admission, web.Response):
         return admission
-    found = _session(request, request.app[HTTP_SESSIONS], None, admission)
+    sessions = request.app[HTTP_SESSIONS]
+    found = await _session(request, sessions, None, admission)
     if isinstance(found, web.Response):
         return found
     session, channel = found
     channel.last_active = time.monotonic()
+    await sessions.saw(session)
     headers = {SESSION_HEADER: session.id}
     last_event = request.headers.get("Last-Event-ID")
     if last_event is None:
-        return await _standalone(request, channel, headers, after=0)
-    replay = channel.store.after(last_event)
+        return await _standalone(request, sessions, session, channel, headers, after=0)
+    try:
+        replay = await channel.store.after(last_event)
+    except SharedStoreUnavailable:
+        return _shared_store_down(None)
     if replay is None:
         return _error(400, None, InvalidRequest("Bad Request: Last-Event-ID is unknown or too old to replay"))
     stream, events = replay
     if stream == channel.standalone_stream:
-        return await _standalone(
-            request, channel, headers, after=events[0][0] - 1 if events else _seq(last_event)
-        )
+        after = events[0][0] - 1 if events else _seq(last_event)
+        return await _standalone(request, sessions, session, channel, headers, after=after)
     return await _resume_exchange(request, channel, stream, _seq(last_event), headers)
 
 
 async def _standalone(
-    request: web.Request, channel: HttpChannel, headers: dict[str, str], after: int
+    request: web.Request,
+    sessions: HttpSessions,
+    session: Session,
+    channel: HttpChannel,
+    headers: dict[str, str],
+    after: int,
 ) -> web.StreamResponse:
     if channel.standalone is not None and channel.standalone.check_alive():
         return _error(409, None, InvalidRequest("Conflict: this session already has an open GET stream"))
     sink = await SseSink.open(request, channel.standalone_stream, headers)
     try:
+        await sessions.opened_stream(session.id, channel)
         if after:
             await _catch_up(sink, channel.store, channel.standalone_stream, after)
         channel.standalone = sink
@@ -290,7 +261,7 @@ async def _resume_exchange(
     request: web.Request, channel: HttpChannel, stream: int, after: int, headers: dict[str, str]
 ) -> web.StreamResponse:
     sink = await SseSink.open(request, stream, headers)
-    await _catch_up(sink, channel.store, stream, after)
+    after = await _catch_up(sink, channel.store, stream, after)
     exchange = channel.exchange_on(stream)
     if exchange is not None and not exchange.done.is_set():
         # No await between the last catch-up and taking over, so no event can fall in between.
@@ -299,15 +270,20 @@ async def _resume_exchange(
             await sink.keep_alive_until(exchange.done)
         finally:
             sink.alive = False
+    elif exchange is None and isinstance(channel.store, RedisEventLog):
+        # The request runs on another instance: what it sends next reaches this one through Redis.
+        patience = request.app[GATEWAY].config.listen.session_idle_seconds
+        await follow_elsewhere(sink, channel.store, stream, after, patience)
     return sink.response
 
 
-async def _catch_up(sink: SseSink, store: EventStore, stream: int, after: int) -> None:
+async def _catch_up(sink: SseSink, store: EventLog, stream: int, after: int) -> int:
+    """Replay ``stream``'s events after ``after`` until none is left; the last sequence replayed."""
     while True:
-        replay = store.after(f"{stream}-{after}")
+        replay = await store.after(f"{stream}-{after}")
         events = replay[1] if replay else []
         if not events:
-            return
+            return after
         await sink.replay(events)
         after = events[-1][0]
 
@@ -321,7 +297,7 @@ async def handle_delete(request: web.Request) -> web.StreamResponse:
     if isinstance(admission, web.Response):
         return admission
     sessions = request.app[HTTP_SESSIONS]
-    found = _session(request, sessions, None, admission)
+    found = await _session(request, sessions, None, admission)
     if isinstance(found, web.Response):
         return found
     await sessions.end(found[0].id)
@@ -336,7 +312,7 @@ def _session_verb_refusal(request: web.Request, gateway: Gateway) -> web.Respons
     return refused
 
 
-def _session(
+async def _session(
     request: web.Request, sessions: HttpSessions, request_id: Any, admission: Admission
 ) -> tuple[Session, HttpChannel] | web.Response:
     session_id = request.headers.get(SESSION_HEADER)
@@ -345,6 +321,11 @@ def _session(
             400, request_id, InvalidRequest(f"Bad Request: the {SESSION_HEADER} header is required")
         )
     client = sessions.clients.get(session_id)
+    if client is None and sessions.shared:
+        try:
+            client = await sessions.adopt(session_id, request.remote or "", admission)
+        except SharedStoreUnavailable:
+            return _shared_store_down(request_id)
     if client is None or client[0].closed or not belongs(client[0], admission):
         return _error(404, request_id, InvalidRequest("Session not found; initialize a new session"))
     version = request.headers.get(VERSION_HEADER)
@@ -356,6 +337,12 @@ def _session(
             InvalidRequest(f"Bad Request: unsupported {VERSION_HEADER} {version!r} (supported: {supported})"),
         )
     return client
+
+
+def _shared_store_down(request_id: Any) -> web.Response:
+    # Only this request fails: the client may try again, on this instance or another.
+    down = PorticoError("Service Unavailable: the shared session store (Redis) did not answer; try again")
+    return _error(503, request_id, down, retry=True)
 
 
 def _content_problem(request: web.Request) -> web.Response | None:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.errors import ErrorCode
 from proxy.jsonrpc import RequestId
-from proxy.transports.sse import EventStore, SseSink
+from proxy.transports.sse import STANDALONE_STREAM, EventLog, SseSink
 
 NextFrame = Callable[[], Awaitable[tuple[bytes, bool] | None]]
 
@@ -65,10 +65,14 @@ class Exchange:
 class HttpChannel:
     """The ``Channel`` of one HTTP session: replies go to their exchange, the rest to the GET stream."""
 
-    def __init__(self, store_size: int) -> None:
-        self.store = EventStore(store_size)
-        self.standalone_stream = self.store.new_stream()
+    def __init__(self, store: EventLog) -> None:
+        self.store = store
+        self.standalone_stream = STANDALONE_STREAM
         self.standalone: SseSink | None = None
+        self._standalone_order = asyncio.Lock()
+        # Whether messages unrelated to a request are sent (and kept) here. A session several gateway
+        # instances serve sends them from one instance only: the one that holds its GET stream.
+        self.keeps_unrelated = True
         self.exchanges: dict[RequestId, Exchange] = {}
         self.ended = asyncio.Event()
         self.last_active = time.monotonic()
@@ -107,10 +111,15 @@ class HttpChannel:
         self.ended.set()
 
     async def _to_standalone(self, frame: bytes) -> None:
-        # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now.
-        sequence = self.store.record(self.standalone_stream, frame)
-        if self.standalone is not None and self.standalone.alive:
-            await self.standalone.write(sequence, frame)
+        # Kept for a client that reconnects with Last-Event-ID even when no GET stream is open now. One
+        # at a time: a sink never writes an event numbered below one it wrote, so the numbers must reach
+        # it in order (a store in Redis may answer two recordings in either order).
+        if not self.keeps_unrelated:
+            return
+        async with self._standalone_order:
+            sequence = await self.store.record(self.standalone_stream, frame)
+            if self.standalone is not None and self.standalone.alive:
+                await self.standalone.write(sequence, frame)
 
     def exchange_on(self, stream: int) -> Exchange | None:
         return next((e for e in self.exchanges.values() if e.stream == stream), None)
@@ -157,9 +166,12 @@ async def answer(
     while item is not None:
         frame, final = item
         if frame:
-            sequence = channel.store.record(exchange.stream, frame)
+            sequence = await channel.store.record(exchange.stream, frame, final=final)
             if exchange.sink is not None:
                 await exchange.sink.write(sequence, frame)
+        elif final:
+            # Ended without a reply (cancelled): an instance following this stream must learn it too.
+            await channel.store.end_stream(exchange.stream)
         if final:
             break
         item = await take()

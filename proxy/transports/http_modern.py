@@ -22,6 +22,7 @@ from proxy.jsonrpc import Kind, Message
 from proxy.session import Session
 from proxy.transports.authentication import Admission
 from proxy.transports.http_channel import Exchange, HttpChannel, NextFrame, answer
+from proxy.transports.sse import EventStore
 
 _PEER_CHECK_SECONDS = 1.0
 
@@ -51,7 +52,7 @@ async def post(
         _check_param_headers(gateway, message, request)
     except PorticoError as exc:
         return _error(message["id"], exc)
-    channel = HttpChannel(store_size=0)
+    channel = HttpChannel(EventStore(0))
     session = Session(gateway, "streamable-http", channel, remote=request.remote or "", view=admission.view)
     session.authenticated(admission.principal)
     exchange = channel.open_exchange(message["id"])

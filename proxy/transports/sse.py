@@ -13,6 +13,7 @@ import collections
 import contextlib
 import itertools
 import time
+from typing import Protocol
 
 from aiohttp import web
 
@@ -26,14 +27,40 @@ SSE_HEADERS = {
 }
 
 
+# A session's standalone (GET) stream; the streams of POSTed requests get other numbers.
+STANDALONE_STREAM = 1
+# The stream an event id belongs to, and the later events on it: (sequence, frame) pairs.
+Replay = tuple[int, list[tuple[int, bytes]]]
+
+
+class EventLog(Protocol):
+    """Where a session's events are kept for replay: in memory (``EventStore``) or in Redis, for
+    sessions that several gateway instances serve (``proxy.transports.redis_events``)."""
+
+    def new_stream(self) -> int: ...
+
+    async def record(self, stream: int, frame: bytes, *, final: bool = False) -> int:
+        """Keep ``frame`` as the next event on ``stream`` and return its sequence number; ``final``
+        marks the last event of a request's stream (its reply)."""
+        ...
+
+    async def end_stream(self, stream: int) -> None:
+        """A request's stream ended without a reply (it was cancelled)."""
+        ...
+
+    async def after(self, event_id: str) -> Replay | None:
+        """The stream an event id belongs to and its later events; None if unknown or too old to replay."""
+        ...
+
+
 class EventStore:
-    """The latest events of one session, for replay after a reconnect."""
+    """The latest events of one session, in memory, for replay after a reconnect."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._events: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._sequence = itertools.count(1)
-        self._streams = 0
+        self._streams = STANDALONE_STREAM
         # Events up to this sequence number were dropped to stay within the bound.
         self._forgotten_up_to = 0
 
@@ -41,15 +68,18 @@ class EventStore:
         self._streams += 1
         return self._streams
 
-    def record(self, stream: int, frame: bytes) -> int:
+    async def record(self, stream: int, frame: bytes, *, final: bool = False) -> int:
         sequence = next(self._sequence)
         self._events.append((stream, sequence, frame))
         if len(self._events) > self._capacity:
             self._forgotten_up_to = self._events.popleft()[1]
         return sequence
 
-    def after(self, event_id: str) -> tuple[int, list[tuple[int, bytes]]] | None:
-        """The stream an event id belongs to and its later events; None if unknown or too old to replay."""
+    async def end_stream(self, stream: int) -> None:
+        # Nobody follows a stream in memory but the exchange itself, which knows it has ended.
+        return None
+
+    async def after(self, event_id: str) -> Replay | None:
         stream, sequence = parse_event_id(event_id)
         if stream is None or sequence is None or not 0 < stream <= self._streams:
             return None
@@ -75,6 +105,7 @@ class SseSink:
         self.alive = True
         self._lock = asyncio.Lock()
         self._last_sequence = 0
+        self._last_write = time.monotonic()
 
     @classmethod
     async def open(cls, request: web.Request, stream: int, headers: dict[str, str]) -> SseSink:
@@ -94,6 +125,7 @@ class SseSink:
             if not self.alive or sequence <= self._last_sequence:
                 return
             try:
+                self._last_write = time.monotonic()
                 await self.response.write(b"id: %d-%d\ndata: %s\n\n" % (self.stream, sequence, frame))
                 self._last_sequence = sequence
             except (ConnectionError, RuntimeError):
@@ -127,8 +159,16 @@ class SseSink:
                 await self._comment()
                 quiet_since = time.monotonic()
 
+    async def still_there(self) -> bool:
+        """Whether the peer is still there; a stream quiet for a while gets a comment, as
+        ``keep_alive_until`` does, so that idle proxies keep it."""
+        if self.check_alive() and time.monotonic() - self._last_write >= KEEPALIVE_SECONDS:
+            await self._comment()
+        return self.alive
+
     async def _comment(self) -> None:
         async with self._lock:
+            self._last_write = time.monotonic()
             try:
                 await self.response.write(b": keep-alive\n\n")
             except (ConnectionError, RuntimeError):
