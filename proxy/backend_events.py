@@ -42,6 +42,10 @@ class BackendEvents(Protocol):
 
     def backend_down(self, backend: Backend, reason: str) -> None: ...
 
+    def breaker_changed(self, backend: Backend, state: str) -> None:
+        """The breaker of a backend with ``breaker.shared`` opened or closed here."""
+        ...
+
     async def relay_request(self, backend: Backend, session_id: str, message: Message) -> Message:
         """Put a backend's request to the client of ``session_id`` and return the client's response."""
         ...

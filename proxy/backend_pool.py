@@ -227,6 +227,10 @@ class _InstanceEvents:
     def backend_down(self, backend: Backend, reason: str) -> None:
         self._pool.instance_down(backend, reason)
 
+    def breaker_changed(self, backend: Backend, state: str) -> None:
+        # Breakers belong to instances: announced under the instance's own name (``name[i]``).
+        self._pool.events.breaker_changed(backend, state)
+
     async def relay_request(self, backend: Backend, session_id: str, message: Message) -> Message:
         return await self._pool.events.relay_request(self._pool, session_id, message)
 

@@ -47,6 +47,8 @@ class Recovery:
             else None
         )
         self._breaker_was_closed = True
+        # True while taking a state another instance announced, which is not announced back.
+        self._following = False
         self._prober: asyncio.Task[None] | None = None
         self.restarter = (
             Restarter(backend.name, config.restart, self._restart) if config.restart.enabled else None
@@ -98,10 +100,22 @@ class Recovery:
 
     # -- the breaker ------------------------------------------------------------------------------------
 
+    def follow_breaker(self, state: str) -> None:
+        """Another gateway instance's breaker for this backend opened or closed (``breaker.shared``)."""
+        if self.breaker is None:
+            return
+        self._following = True
+        try:
+            self.breaker.follow(state)
+        finally:
+            self._following = False
+
     def _breaker_changed(self, state: str) -> None:
         backend = self._backend
         closed = state == "closed"
         was_closed, self._breaker_was_closed = self._breaker_was_closed, closed
+        if closed != was_closed and backend.config.breaker.shared and not self._following:
+            backend.events.breaker_changed(backend, state)
         if not closed and (self._prober is None or self._prober.done()):
             self._prober = backend.spawn(self._probe_until_closed())
         if backend.state != "ready" or closed == was_closed:

@@ -119,11 +119,18 @@ class RetryConfig(_Strict):
 
 class BreakerConfig(_Strict):
     """The circuit breaker: ``failures`` consecutive transport failures or timeouts open it; after
-    ``reset_seconds`` one probe call decides whether it closes again."""
+    ``reset_seconds`` one probe call decides whether it closes again.
+
+    ``shared`` (remote backends, with the ``redis`` section): the gateway instances tell each other when
+    the breaker opens or closes, so a backend one instance found failing is withdrawn on all of them at
+    once, and the first probe that succeeds brings it back everywhere; each instance still probes on its
+    own. A stdio backend runs inside each instance, so its breaker is never shared.
+    """
 
     enabled: bool = True
     failures: int = Field(5, ge=1)
     reset_seconds: float = Field(30.0, gt=0)
+    shared: bool = False
 
 
 class RestartConfig(_Strict):
@@ -177,6 +184,16 @@ class StdioBackendConfig(_BackendBase):
     cwd: str | None = None
     # Identical processes started for this backend, as a pool (see ``balance``).
     replicas: int = Field(1, ge=1, le=64)
+
+    @field_validator("breaker")
+    @classmethod
+    def _breaker_of_this_instance(cls, breaker: BreakerConfig) -> BreakerConfig:
+        if breaker.shared:
+            raise ValueError(
+                "shared is for remote backends: a stdio backend runs inside each gateway instance, "
+                "so one instance's failing process says nothing about another's"
+            )
+        return breaker
 
     @property
     def instance_count(self) -> int:

@@ -50,6 +50,7 @@ from proxy.listen_hub import ListenHub
 from proxy.metrics import GatewayMetrics
 from proxy.naming import NameCollision, NamingRules
 from proxy.router import LIST_METHODS, Catalog, Pager, build_catalog
+from proxy.shared_breakers import SharedBreakers
 from proxy.shared_redis import SharedRedis
 from proxy.tracing import Tracing, remember_http_traceparent
 from proxy.virtual_servers import build_virtual_servers
@@ -106,6 +107,9 @@ class Gateway:
             if config.redis is not None
             else None
         )
+        self.breakers = (
+            SharedBreakers(self.shared, self._breaker_follower) if self.shared is not None else None
+        )
         # The catalog as it was before each withdrawn backend left it, so that a call to one of its
         # names is answered as the backend's failure (-32050), not as the client's unknown name.
         self._before_withdrawal: dict[str, Catalog] = {}
@@ -139,6 +143,8 @@ class Gateway:
                 base_dir=base_dir,
             )
             self.backends[name] = make_backend(name, cfg, factory, self, GATEWAY_INFO)
+        if self.breakers is not None:
+            self.breakers.start()
         await asyncio.gather(*(self._start_backend(b) for b in self.backends.values()))
         try:
             self._rebuild_catalog()
@@ -189,6 +195,8 @@ class Gateway:
         await self.tracing.close()
         if self._http is not None:
             await self._http.close()
+        if self.breakers is not None:
+            await self.breakers.stop()
         if self.shared is not None:
             await self.shared.close()
 
@@ -442,6 +450,20 @@ class Gateway:
         self._before_withdrawal.setdefault(backend.name, self.catalog)
         self._observe(backend, "down", {})
         self._rebuild_and_announce()
+
+    def breaker_changed(self, backend: Backend, state: str) -> None:
+        if self.breakers is not None:
+            self.breakers.announce(backend.name, state)
+
+    def _breaker_follower(self, name: str) -> Callable[[str], None] | None:
+        """How the breaker of the backend (or pool instance) called ``name`` takes another instance's
+        state; None if there is no such backend here or its breaker is not shared."""
+        for backend in self.backends.values():
+            for instance in getattr(backend, "instances", None) or (backend,):
+                if instance.name == name and instance.config.breaker.shared:
+                    follow: Callable[[str], None] = instance.recovery.follow_breaker
+                    return follow
+        return None
 
     def _observe(self, backend: Backend, event: str, params: dict[str, Any]) -> None:
         for observer in self.observers:

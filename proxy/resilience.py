@@ -173,9 +173,20 @@ class AsyncBreaker:
         else:
             self._transition(self._breaker.close)
 
-    def _trip(self) -> None:
+    def follow(self, state: str) -> None:
+        """Take the state another gateway instance's breaker for the same backend went to (shared
+        breakers): opened there, it opens here for its full ``reset_seconds``; closed there (a probe
+        succeeded), it closes here. Half-open is each instance's own business."""
+        if state == pybreaker.STATE_OPEN and self.closed:
+            self._trip("another gateway instance found the backend failing")
+        elif state == pybreaker.STATE_CLOSED and not self.closed:
+            self.reset()
+
+    def _trip(self, why: str = "repeated failures") -> None:
         self._opened_at = self._clock()
-        log.warning("backend %s: circuit breaker open for %.1f s", self.name, self._breaker.reset_timeout)
+        log.warning(
+            "backend %s: circuit breaker open for %.1f s (%s)", self.name, self._breaker.reset_timeout, why
+        )
         self._transition(self._breaker.open)
 
     def _transition(self, change: Callable[[], object]) -> None:
