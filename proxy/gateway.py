@@ -110,6 +110,12 @@ class Gateway:
         self.breakers = (
             SharedBreakers(self.shared, self._breaker_follower) if self.shared is not None else None
         )
+        if self.shared is not None and not state.secret:
+            log.warning(
+                "redis is configured but request_state.secret is not: each instance signs the requestState "
+                "of parked calls with its own random key, so a modern client's retry that reaches another "
+                "instance is refused as not issued by it; set the same secret on every instance"
+            )
         # The catalog as it was before each withdrawn backend left it, so that a call to one of its
         # names is answered as the backend's failure (-32050), not as the client's unknown name.
         self._before_withdrawal: dict[str, Catalog] = {}

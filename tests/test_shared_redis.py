@@ -12,6 +12,7 @@ from plugins.cache.store import MemoryStore, RedisStore
 from plugins.ratelimit.redis_buckets import RedisBuckets
 from proxy.config import SECRET_MASK, parse
 from proxy.errors import ConfigError
+from proxy.gateway import Gateway
 from proxy.plugin_loader import build_plugins, plugin_options
 from proxy.shared_redis import ChannelListener, SharedRedis
 
@@ -146,3 +147,16 @@ async def _until(condition: object, seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not condition():  # type: ignore[operator]
             await asyncio.sleep(0.01)
+
+
+def test_several_instances_without_a_shared_request_state_secret_are_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    warned = "request_state.secret is not"
+    Gateway(parse('redis: {url: "redis://127.0.0.1:6399/0"}'), [])
+    assert warned in caplog.text
+    caplog.clear()
+    secret = "s" * 40
+    Gateway(parse(f'redis: {{url: "redis://127.0.0.1:6399/0"}}\nrequest_state: {{secret: "{secret}"}}'), [])
+    Gateway(parse("{}"), [])
+    assert warned not in caplog.text

@@ -40,10 +40,18 @@ def shared(redis_url: str, **extra: Any) -> dict[str, Any]:
     return {"redis": {"url": redis_url, "key_prefix": "test"}, "mcpServers": {"ev": everything()}, **extra}
 
 
-async def two_instances(start_gateway: StartGateway, settings: dict[str, Any]) -> tuple[Endpoint, Endpoint]:
+async def two_gateways(
+    start_gateway: StartGateway, settings: dict[str, Any]
+) -> tuple[RunningGateway, RunningGateway]:
+    """Two instances sharing one Redis, each listening to the other's news."""
     first, second = await start_gateway(settings), await start_gateway(settings)
     for gw in (first, second):
         await _listening(gw)
+    return first, second
+
+
+async def two_instances(start_gateway: StartGateway, settings: dict[str, Any]) -> tuple[Endpoint, Endpoint]:
+    first, second = await two_gateways(start_gateway, settings)
     return endpoint(first), endpoint(second)
 
 
@@ -85,10 +93,7 @@ async def test_a_session_id_that_no_instance_made_is_404_everywhere(
 async def test_delete_on_one_instance_ends_the_session_on_every_instance(
     redis_url: str, start_gateway: StartGateway
 ) -> None:
-    first = await start_gateway(shared(redis_url))
-    second = await start_gateway(shared(redis_url))
-    await _listening(first)
-    await _listening(second)
+    first, second = await two_gateways(start_gateway, shared(redis_url))
     a, b = endpoint(first), endpoint(second)
     session = await a.open_session()
     assert await b.status_of(session) == 200
@@ -248,10 +253,7 @@ async def test_a_notification_posted_anywhere_reaches_the_session(
     redis_url: str, start_gateway: StartGateway
 ) -> None:
     """notifications/initialized POSTed to B marks the session initialized on A as well."""
-    first = await start_gateway(shared(redis_url))
-    second = await start_gateway(shared(redis_url))
-    await _listening(first)
-    await _listening(second)
+    first, second = await two_gateways(start_gateway, shared(redis_url))
     a, b = endpoint(first), endpoint(second)
     hello = {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
     response = await a.post(request("initialize", hello))
