@@ -1,10 +1,11 @@
 """The deployment files: the Dockerfile and the Kubernetes manifests under deploy/kubernetes.
 
 The manifests are parsed and cross-checked (probes, ports, names, the drain against the grace period, the
-Dockerfile's config path against the ConfigMap's mount); the ConfigMap's config is laid out on disk as the
-Deployment would mount it and given to a real ``portico check`` and a real gateway. The image itself is
-not built here: neither this machine nor CI runs a Docker daemon, so the test builds what the image's
-first stage builds (the wheel, from exactly the files the Dockerfile copies) instead.
+Dockerfile's config path against the ConfigMap's mount, the autoscaler against the Deployment, the
+gateway's redis URL against the bundled Redis); the ConfigMap's config is laid out on disk as the
+Deployment would mount it and given to a real ``portico check`` and a real gateway (on a real Redis).
+The image itself is not built here: neither this machine nor CI runs a Docker daemon, so the test builds
+what the image's first stage builds (the wheel, from exactly the files the Dockerfile copies) instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -32,6 +34,8 @@ from tests.gateway_process import serve_gateway
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 EXAMPLE_SECRET = "secret.example.yaml"
+GATEWAY = "portico"  # the gateway's Deployment, Service, ConfigMap and autoscaler
+REDIS = "portico-redis"  # the bundled Redis's Deployment and Service
 JWT_SECRET = "a-test-secret-of-more-than-32-bytes-0123456789"
 
 
@@ -48,21 +52,32 @@ def manifest_files() -> list[Path]:
     return sorted(p for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
-def the(kind: str) -> dict[str, Any]:
-    """The one object of ``kind`` among the manifests."""
-    found = [doc for path in manifest_files() for doc in documents(path) if doc.get("kind") == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def the(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of ``kind`` (named ``name``, when several have that kind) among the manifests."""
+    found = [
+        doc
+        for path in manifest_files()
+        for doc in documents(path)
+        if doc.get("kind") == kind and name in (None, doc["metadata"].get("name"))
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
-def pod_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = the("Deployment")["spec"]["template"]["spec"]
+def pod_spec(name: str = GATEWAY) -> dict[str, Any]:
+    spec: dict[str, Any] = the("Deployment", name)["spec"]["template"]["spec"]
     return spec
 
 
 def gateway_container() -> dict[str, Any]:
     containers: dict[str, dict[str, Any]] = {c["name"]: c for c in pod_spec()["containers"]}
     return containers["portico"]
+
+
+def redis_container() -> dict[str, Any]:
+    (container,) = pod_spec(REDIS)["containers"]
+    resolved: dict[str, Any] = container
+    return resolved
 
 
 def container_port(port: int | str) -> int:
@@ -145,7 +160,15 @@ def test_every_manifest_parses_as_kubernetes_objects() -> None:
             assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path.name}: not a Kubernetes object"
             assert doc["metadata"].get("name"), f"{path.name}: a {doc['kind']} without a name"
             kinds.append(doc["kind"])
-    assert sorted(kinds) == ["ConfigMap", "Deployment", "Secret", "Service"]
+    assert sorted(kinds) == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Secret",
+        "Service",
+        "Service",
+    ]
 
 
 def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
@@ -193,10 +216,10 @@ def test_the_pod_runs_locked_down_within_limits() -> None:
 
 
 def test_names_and_ports_agree_across_manifests() -> None:
-    service, template = the("Service"), the("Deployment")["spec"]["template"]
+    service, template = the("Service", GATEWAY), the("Deployment", GATEWAY)["spec"]["template"]
     labels = template["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert the("Deployment")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert the("Deployment", GATEWAY)["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for port in service["spec"]["ports"]:
         container_port(port["targetPort"])
     secret = the("Secret")
@@ -208,6 +231,67 @@ def test_names_and_ports_agree_across_manifests() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"
     assert int(annotations["prometheus.io/port"]) == container_port("http")
+
+
+def selects(service: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    selector = service["spec"]["selector"].items()
+    return selector <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_gateway_scales_on_cpu_from_several_replicas() -> None:
+    autoscaler, deployment = the("HorizontalPodAutoscaler"), the("Deployment", GATEWAY)
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    target = autoscaler["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == (deployment["apiVersion"], "Deployment")
+    assert target["name"] == deployment["metadata"]["name"]
+    assert 2 <= autoscaler["spec"]["minReplicas"] < autoscaler["spec"]["maxReplicas"]
+    # The autoscaler owns the count: a replicas field would be reapplied over its choice on every apply.
+    assert "replicas" not in deployment["spec"]
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+    # Utilisation is a share of what every container of the pod requests: without a request, no scaling.
+    for container in pod_spec()["containers"]:
+        assert "cpu" in container["resources"]["requests"], container["name"]
+
+
+def test_the_replicas_share_the_bundled_redis_and_nothing_else() -> None:
+    redis_service, redis_deployment = the("Service", REDIS), the("Deployment", REDIS)
+    gateway_service, gateway_deployment = the("Service", GATEWAY), the("Deployment", GATEWAY)
+    # Each Service selects its own pods only.
+    assert selects(redis_service, redis_deployment) and not selects(redis_service, gateway_deployment)
+    assert selects(gateway_service, gateway_deployment) and not selects(gateway_service, redis_deployment)
+    named = {p["name"]: p["containerPort"] for p in redis_container()["ports"]}
+    (port,) = redis_service["spec"]["ports"]
+    assert named[port["targetPort"]] == 6379
+    # The gateway's redis: section names that Service, by its in-cluster DNS name.
+    url = urlsplit(str(config.parse(gateway_config_text()).redis.url))  # type: ignore[union-attr]
+    assert (url.scheme, url.hostname, url.port) == ("redis", redis_service["metadata"]["name"], port["port"])
+    assert redis_deployment["spec"]["replicas"] == 1
+    # Any replica may serve any request: no stickiness, and no state kept in one pod's files.
+    assert gateway_service["spec"].get("sessionAffinity", "None") == "None"
+    auth = next(p for p in config.parse(gateway_config_text()).plugins if p.name == "auth")
+    assert auth.options["token_store"] is None
+
+
+def test_the_bundled_redis_runs_locked_down_and_keeps_nothing() -> None:
+    spec, container = pod_spec(REDIS), redis_container()
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    args = container["args"]
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    # Full means refused writes, never silently evicted state; and Redis fills up before its pod is killed.
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = args[args.index("--maxmemory") + 1]
+    assert maxmemory.endswith("mb")
+    assert container["resources"]["limits"]["memory"].endswith("Mi")
+    assert int(maxmemory.removesuffix("mb")) < int(
+        container["resources"]["limits"]["memory"].removesuffix("Mi")
+    )
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/data" in mounts  # the image's working directory, writable under a read-only root
 
 
 # -- the Dockerfile -------------------------------------------------------------------------------------
@@ -302,12 +386,14 @@ def http_get(url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
 
 
 def test_the_probes_answer_without_a_token_while_mcp_requires_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     monkeypatch.setenv("PORTICO_JWT_SECRET", JWT_SECRET)
     settings = yaml.safe_load(mounted_config(tmp_path / "mounts").read_text(encoding="utf-8"))
-    # A test gateway listens on loopback, on a free port (serve_gateway passes --port 0).
+    # A test gateway listens on loopback, on a free port (serve_gateway passes --port 0), and its Redis
+    # is a real one on loopback in place of the in-cluster Service.
     settings["listen"]["host"] = "127.0.0.1"
+    settings["redis"]["url"] = redis_url
     workdir = tmp_path / "work"
     workdir.mkdir()
     with serve_gateway(workdir, settings) as gateway:
@@ -325,6 +411,25 @@ def test_the_probes_answer_without_a_token_while_mcp_requires_one(
 
 
 # -- the tools, when this machine has them --------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_every_listed_object_with_the_image_tag() -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    (kustomization,) = documents(KUBE / "kustomization.yaml")
+    expected = [
+        (doc["kind"], doc["metadata"]["name"])
+        for name in kustomization["resources"]
+        for doc in documents(KUBE / name)
+    ]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(expected)
+    (deployment,) = [o for o in objects if (o["kind"], o["metadata"]["name"]) == ("Deployment", GATEWAY)]
+    (tag,) = [image["newTag"] for image in kustomization["images"] if image["name"] == "portico"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"portico:{tag}"
 
 
 @pytest.mark.timeout(300)
