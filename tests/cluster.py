@@ -131,11 +131,10 @@ class Nginx:
         self.access_log = directory / "access.log"
         self._process: asyncio.subprocess.Process | None = None
 
-    def config(self) -> str:
+    def config(self, balancer: str | None = None) -> str:
+        """The whole nginx.conf: this directory's paths around ``balancer`` (the http block's directives
+        that balance; by default the harness's own, below)."""
         root = self.directory
-        servers = "\n".join(
-            f"        server {address} max_fails=1 fail_timeout=10s;" for address in self.upstreams
-        )
         # Running as root, nginx would hand its workers to "nobody", who cannot reach a private temp dir.
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
         return f"""
@@ -154,43 +153,65 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
+{self.balancer() if balancer is None else balancer}
+}}
+"""
 
-    # "Connection: upgrade" only for a WebSocket handshake; otherwise none, so upstream keep-alive works.
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      '';
-    }}
+    def balancer(self) -> str:
+        servers = "\n".join(
+            f"    server {address} max_fails=1 fail_timeout=10s;" for address in self.upstreams
+        )
+        return f"""
+# "Connection: upgrade" only for a WebSocket handshake; otherwise none, so upstream keep-alive works.
+map $http_upgrade $connection_upgrade {{
+    default upgrade;
+    ''      '';
+}}
 
-    upstream portico {{
+upstream portico {{
 {servers}
-        keepalive 16;
-    }}
+    keepalive 16;
+}}
 
-    server {{
-        listen 127.0.0.1:{self.port};
-        location / {{
-            proxy_pass http://portico;
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            # SSE: every event reaches the client when the gateway writes it.
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_connect_timeout 2s;
-            # Above the gateway's WebSocket heartbeat (listen.heartbeat_seconds, 20 s by default).
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            # Another instance is tried when one cannot be reached; a POST that reached an instance is not
-            # sent again (no non_idempotent): a tools/call may have done its work before the instance died.
-            proxy_next_upstream error timeout;
-            proxy_next_upstream_tries 3;
-            add_header {UPSTREAM_HEADER} $upstream_addr always;
-        }}
+server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+        proxy_pass http://portico;
+        proxy_http_version 1.1;
+        proxy_set_header Host $http_host;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        # SSE: every event reaches the client when the gateway writes it.
+        proxy_buffering off;
+        proxy_request_buffering off;
+        proxy_connect_timeout 2s;
+        # Above the gateway's WebSocket heartbeat (listen.heartbeat_seconds, 20 s by default).
+        proxy_read_timeout 60s;
+        proxy_send_timeout 60s;
+        # Another instance is tried when one cannot be reached; a POST that reached an instance is not
+        # sent again (no non_idempotent): a tools/call may have done its work before the instance died.
+        proxy_next_upstream error timeout;
+        proxy_next_upstream_tries 3;
+        add_header {UPSTREAM_HEADER} $upstream_addr always;
     }}
 }}
 """
+
+    def check(self, balancer: str) -> subprocess.CompletedProcess[str]:
+        """``nginx -t`` on a config with ``balancer`` in its http block (e.g. the README's example)."""
+        conf = self.directory / "nginx.conf"
+        conf.write_text(self.config(balancer))
+        return subprocess.run(
+            [nginx_binary(), "-t", *self._paths(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def _paths(self, conf: Path) -> list[str]:
+        return ["-p", f"{self.directory}/", "-e", str(self.error_log), "-c", str(conf)]
 
     async def __aenter__(self) -> Nginx:
         binary = nginx_binary()
@@ -198,12 +219,7 @@ http {{
         conf.write_text(self.config())
         self._process = await asyncio.create_subprocess_exec(
             binary,
-            "-p",
-            f"{self.directory}/",
-            "-e",
-            str(self.error_log),
-            "-c",
-            str(conf),
+            *self._paths(conf),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

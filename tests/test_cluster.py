@@ -8,6 +8,7 @@ helpers) and the mcp SDK's ClientSession over tests/mcp_ws_client.py's WebSocket
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from tests.cluster import Cluster, Instance, gateway_cluster
+from tests.cluster import Cluster, Instance, Nginx, gateway_cluster
 from tests.header_auth import HEADER_AUTH
 from tests.mcp_ws_client import ws_transport
 from tests.test_modern_era import modern_post, request
@@ -87,6 +88,22 @@ async def test_requests_through_nginx_reach_every_instance(
                 await session.initialize()
                 connected.append((await whoami(session, cluster)).index)
         assert sorted(connected) == [0, 1, 2]
+
+
+def test_the_readme_nginx_example_is_valid_nginx(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Running several instances", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```nginx\n(.*?)```", section, flags=re.S)
+    # TLS aside (a test has no certificate), the example exactly as the README gives it.
+    assert "listen 443 ssl;" in example
+    checked = Nginx(tmp_path, []).check(example.replace("listen 443 ssl;", "listen 127.0.0.1:443;"))
+    assert checked.returncode == 0, checked.stderr
+    for setting in (
+        "proxy_buffering off;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_http_version 1.1;",
+    ):
+        assert setting in example
 
 
 async def test_a_rate_limit_holds_across_instances(tmp_path: Path, http: aiohttp.ClientSession) -> None:
