@@ -77,6 +77,13 @@ async def test_requests_through_nginx_reach_every_instance(
         # Round-robin: each instance in turn, whichever nginx began with.
         assert sorted(answered) == [0, 0, 1, 1, 2, 2]
         assert answered[:3] == answered[3:]
+        # nginx passes the client's Host on, so each instance's DNS-rebinding guard judges the client's own:
+        # a loopback name passes (above), a foreign one is refused, as it would be without nginx.
+        foreign = {**modern_post("ev_echo"), "Host": "rebound.example"}
+        body = request("tools/call", {"name": "ev_echo", "arguments": {"text": "x"}}, 8)
+        async with http.post(cluster.mcp, json=body, headers=foreign) as refused:
+            assert refused.status == 403
+            assert "Host is not allowed" in (await refused.json())["error"]["message"]
         # Each instance also answers on its own address, bypassing nginx.
         for instance in cluster.instances:
             status, reply, _ = await call_tool(http, instance.mcp, 7, "ev_echo", text="direct")
