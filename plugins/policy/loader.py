@@ -57,6 +57,9 @@ class LoadedPolicy:
     # Whether the matcher uses eval(), which Casbin cannot evaluate without any policy rule.
     uses_eval: bool
     stamps: Stamps
+    # The texts it was built from: what is published to other instances, and compared with what they send.
+    model_text: str = ""
+    policy_text: str = ""
 
     @property
     def rule_count(self) -> int:
@@ -75,8 +78,18 @@ def load_policy_files(model_path: str, policy_path: str) -> LoadedPolicy:
     """Read, check and build; raises ``PolicyFileError`` naming the file at fault. Blocking file IO: the
     plugin calls it in a thread."""
     stamps = (stamp(model_path), stamp(policy_path))
-    model = _load_model(model_path, _read(model_path))
-    _load_rules(model, policy_path, _read(policy_path))
+    return build_policy(_read(model_path), _read(policy_path), (model_path, policy_path), stamps)
+
+
+def build_policy(
+    model_text: str, policy_text: str, names: tuple[str, str], stamps: Stamps = (None, None)
+) -> LoadedPolicy:
+    """Check and build a model and policy given as text (``names``: what errors call them, the model's
+    and the policy's); raises ``PolicyFileError``. The same checks whether the text came from the files
+    or from another instance."""
+    model_path, policy_path = names
+    model = _load_model(model_path, model_text)
+    _load_rules(model, policy_path, policy_text)
     _check_matcher(model, model_path, policy_path)
     try:
         enforcer = _build_enforcer(model)
@@ -84,7 +97,7 @@ def load_policy_files(model_path: str, policy_path: str) -> LoadedPolicy:
         raise PolicyFileError(policy_path, f"cannot build the roles: {exc}") from None
     with_domain = len(model["r"]["r"].tokens) == 4
     uses_eval = bool(casbin_util.has_eval(model["m"]["m"].value))
-    return LoadedPolicy(enforcer, with_domain, uses_eval, stamps)
+    return LoadedPolicy(enforcer, with_domain, uses_eval, stamps, model_text, policy_text)
 
 
 def _read(path: str) -> str:

@@ -9,6 +9,13 @@ Options:
     reload_interval_seconds: how often, at most, to look at the files' modification time and size for a
         change (default 0.25). Looks happen in the background when requests arrive; a change is put in
         force once the files have stayed the same for one interval (well within a second).
+    redis_url: share policy changes with the other gateway instances through this Redis (inherited from
+        the config's ``redis`` section): a change loaded on one instance is in force on all within a
+        second, and with it the files are watched in the background rather than when requests arrive.
+        Start-up, precedence ("last change wins") and what happens while Redis is unreachable are
+        described in ``plugins/policy/broadcast.py``. ``redis_prefix`` (``portico:policy:``) names the
+        keys, ``redis_timeout_seconds`` (1.0) bounds each round trip; the first request an instance serves
+        waits at most that long for it to read the published policy.
 
 What is decided, for each request a client sends (direction ``TO_BACKEND``, a message with an ``id``):
 
@@ -31,13 +38,16 @@ on what a client may ask for, and a notification about something the client cann
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from plugins.policy.broadcast import ClusterPolicy
 from plugins.policy.engine import PolicyEngine
 from plugins.policy.loader import LoadedPolicy, PolicyFileError, Stamps, stamp
 from proxy.chain import (
@@ -56,12 +66,21 @@ from proxy.jsonrpc import Message
 log = logging.getLogger("portico.policy")
 
 
+def _redis_url(value: str | None) -> str | None:
+    if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
 @dataclass(frozen=True)
 class PolicyOptions:
     model: str
     policy: str
     decision_cache_size: Annotated[int, Field(ge=0)] = 10_000
     reload_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.25
+    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = None
+    redis_prefix: Annotated[str, Field(min_length=1, max_length=100)] = "portico:policy:"
+    redis_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 1.0
 
 
 class Policy:
@@ -79,12 +98,54 @@ class Policy:
         self._broken: Stamps | None = None
         # The stamps of files seen changed at the last look, not yet loaded.
         self._settling: Stamps | None = None
+        # The stamps of the files as last loaded: with several instances the policy in force may have come
+        # from another one, so a change is a change of the files, not a difference from the policy in force.
+        self._loaded_stamps: Stamps = self.engine.policy.stamps
+        self.cluster = (
+            ClusterPolicy(self.engine, options.redis_url, options.redis_prefix, options.redis_timeout_seconds)
+            if options.redis_url is not None
+            else None
+        )
+        self._watcher: asyncio.Task[None] | None = None
+        self._join_deadline = 0.0
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None:
         if ctx.direction is Direction.TO_BACKEND and "id" in message and "method" in message:
-            self._check_files_soon()
+            if self.cluster is None:
+                self._check_files_soon()
+            elif not self.cluster.agreed.is_set():
+                await self._join_cluster(self.cluster)
             self._enforce(ctx)
         return await call_next(ctx, message)
+
+    async def _join_cluster(self, cluster: ClusterPolicy) -> None:
+        """The first requests (there is no start-up hook for plugins) start following the other instances
+        and wait, for at most ``redis_timeout_seconds`` after the first, until the published policy is read:
+        an instance that just started decides by the cluster's policy, not by its possibly older files."""
+        if self._watcher is None:
+            cluster.start()
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_files(cluster))
+            self._join_deadline = time.monotonic() + self.options.redis_timeout_seconds
+        remaining = self._join_deadline - time.monotonic()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cluster.agreed.wait(), remaining)
+
+    async def _watch_files(self, cluster: ClusterPolicy) -> None:
+        # In the background: an instance's change must reach the others even if no request reaches it.
+        while True:
+            await self.check_files()
+            await cluster.catch_up()
+            await asyncio.sleep(self.options.reload_interval_seconds)
+
+    async def close(self) -> None:
+        """Stop following the other instances (nothing to do without ``redis_url``)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self.cluster is not None:
+            await self.cluster.close()
 
     def _enforce(self, ctx: Context) -> None:
         ctx.set(POLICY_VERSION, self.engine.version)
@@ -126,8 +187,12 @@ class Policy:
         try:
             outcome = await asyncio.to_thread(self._read_if_changed)
             if isinstance(outcome, LoadedPolicy):
-                self.engine.install(outcome)
+                self._loaded_stamps = outcome.stamps
                 self._broken = None
+                if self.cluster is None:
+                    self.engine.install(outcome)
+                else:
+                    await self.cluster.local_change(outcome)
                 log.info(
                     "policy: loaded %s and %s (version %d, %d rules)",
                     self.options.model,
@@ -145,7 +210,7 @@ class Policy:
     def _read_if_changed(self) -> LoadedPolicy | tuple[Stamps, PolicyFileError] | None:
         # Runs in a worker thread: stat and read are blocking file IO.
         stamps = self._stamps()
-        if stamps in (self.engine.policy.stamps, self._broken):
+        if stamps in (self._loaded_stamps, self._broken):
             self._settling = None
             return None
         if stamps != self._settling:
