@@ -175,7 +175,7 @@ async def test_concurrent_commands_share_one_store_and_key(tmp_path: Path) -> No
     }
     assert subjects == {f"user{i}" for i in range(8)}
     assert [p.name for p in (tmp_path / ".portico").iterdir() if p.name.startswith(".")] == []
-    auth.close()
+    await auth.close()
 
 
 # -- the plugin verifies what the commands made --------------------------------------------------------
@@ -197,7 +197,7 @@ async def test_personal_and_account_tokens_authenticate(tmp_path: Path) -> None:
         assert principal.valid_until is None
         assert principal.credential == account["id"]
     finally:
-        auth.close()
+        await auth.close()
 
 
 async def test_forged_gateway_tokens_are_refused(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ async def test_forged_gateway_tokens_are_refused(tmp_path: Path) -> None:
             assert caught.value.message == "the gateway token is not valid"
         assert (await auth.authenticate(credentials(made["token"]))).subject == "alice"
     finally:
-        auth.close()
+        await auth.close()
 
 
 async def test_a_different_key_verifies_nothing(tmp_path: Path) -> None:
@@ -226,7 +226,7 @@ async def test_a_different_key_verifies_nothing(tmp_path: Path) -> None:
     auth = plugin_in(tmp_path, token_key=TOKEN_KEY)
     with pytest.raises(Unauthenticated, match="not valid"):
         await auth.authenticate(credentials(made["token"]))
-    auth.close()
+    await auth.close()
 
 
 async def test_the_key_can_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,7 +236,7 @@ async def test_the_key_can_come_from_the_environment(tmp_path: Path, monkeypatch
     monkeypatch.setenv("PORTICO_TEST_TOKEN_KEY", TOKEN_KEY)
     auth = plugin_in(tmp_path, token_key="${PORTICO_TEST_TOKEN_KEY}")
     assert (await auth.authenticate(credentials(made["token"]))).subject == "bob"
-    auth.close()
+    await auth.close()
 
 
 async def test_run_token_command_takes_the_gateway_options(
@@ -260,7 +260,7 @@ async def test_run_token_command_takes_the_gateway_options(
     assert run_token_command(parser.parse_args(["token", "revoke", made["id"]]), options) == 0
     with pytest.raises(Unauthenticated, match="revoked"):
         await auth.authenticate(credentials(made["token"]))
-    auth.close()
+    await auth.close()
     off = AuthOptions.model_validate({"token_store": None, "allow_anonymous": True})
     assert run_token_command(parser.parse_args(["token", "list"]), off) == 1
     assert "turned off" in capsys.readouterr().err
@@ -276,8 +276,8 @@ async def test_revoked_and_expired_gateway_tokens_are_refused(tmp_path: Path) ->
     assert portico_token(tmp_path, "revoke", made["id"]).returncode == 0
     with pytest.raises(Unauthenticated, match="revoked"):
         await auth.authenticate(credentials(made["token"]))
-    auth.close()
-    later.close()
+    await auth.close()
+    await later.close()
 
 
 async def test_gateway_tokens_can_be_turned_off(tmp_path: Path) -> None:
@@ -295,7 +295,7 @@ async def test_without_a_store_no_gateway_token_verifies_and_nothing_is_created(
     # The store appears later (the first `token create`): the running plugin picks it up.
     made = create(tmp_path, "--user", "alice")
     assert (await auth.authenticate(credentials(made["token"]))).subject == "alice"
-    auth.close()
+    await auth.close()
 
 
 # -- revocation reaches open sessions ---------------------------------------------------------------------
@@ -326,4 +326,4 @@ async def test_a_revocation_from_another_process_ends_the_open_session(
         assert "result" in await dispatch(chain, other_session, bystander, direction)
         assert other_session.ended == []
     finally:
-        auth.close()
+        await auth.close()

@@ -17,6 +17,11 @@ Configured as ``- name: auth`` with ``options`` (``plugins.auth.options.AuthOpti
 - ``allow_anonymous`` (false): let clients without any token in, as ``ANONYMOUS``.
 - ``token_store`` (``.portico/tokens.sqlite``; null turns gateway tokens off), ``token_key`` (``${ENV}``
   allowed) or ``token_key_file`` (default ``tokens.key`` beside the store), ``verified_cache_size`` (10000).
+- ``redis_url`` (inherited from the config's ``redis`` section), ``redis_prefix`` (``portico:auth:``),
+  ``redis_timeout_seconds`` (1.0): gateway tokens live in Redis instead of the SQLite file, so every
+  instance verifies the same tokens and a revocation is in force on all within a second; every instance
+  needs the same ``token_key`` (see ``plugins/auth/shared_tokens.py`` for the trade-offs and for what
+  happens while Redis is unreachable).
 
 Tokens come from ``Authorization: Bearer <token>`` or, for browser WebSockets, a subprotocol
 ``portico.bearer.<token>`` offered together with ``mcp``; never from the query string.

@@ -3,6 +3,8 @@
 ``proxy.cli`` adds these commands with ``add_token_commands`` and runs them with ``run_token_command``,
 passing the auth plugin's validated options from the gateway config (so the command and the gateway
 agree on the store and its key). ``python -m plugins.auth token ...`` runs them with default options.
+With the plugin's ``redis_url`` (or the config's ``redis`` section) the tokens are in Redis, shared by
+every instance, unless ``--store`` names a file (``plugins/auth/shared_tokens.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 
 from plugins.auth.options import KEY_FILE_NAME, AuthOptions
+from plugins.auth.shared_tokens import RedisTokenStore
 from plugins.auth.token_store import (
     CLI_BUSY_TIMEOUT,
     TokenKind,
@@ -76,9 +79,9 @@ def run_token_command(args: argparse.Namespace, options: AuthOptions | None = No
             case "create":
                 return _create(args, options, Path(store_path))
             case "list":
-                return _list(args, Path(store_path))
+                return _list(args, options, Path(store_path))
             case _:
-                return _revoke(args, Path(store_path))
+                return _revoke(args, options, Path(store_path))
     except (TokenStoreError, sqlite3.Error) as exc:
         return _fail(str(exc))
 
@@ -120,7 +123,7 @@ def _create(args: argparse.Namespace, options: AuthOptions, store_path: Path) ->
     if len(args.label) > 200 or not args.label.isprintable():
         return _fail("the label must be printable text of at most 200 characters", 2)
     key = load_key(None if args.key_file else options.token_key, _key_file(args, options), create=True)
-    store = TokenStore.create(store_path, key)
+    store = _shared_store(args, options, key) or TokenStore.create(store_path, key)
     try:
         now = time.time()
         expires = now + args.expires_in if args.expires_in else None
@@ -139,16 +142,18 @@ def _create(args: argparse.Namespace, options: AuthOptions, store_path: Path) ->
     return 0
 
 
-def _list(args: argparse.Namespace, store_path: Path) -> int:
-    store = TokenStore.open_existing(store_path, None, CLI_BUSY_TIMEOUT)
-    records = [] if store is None else store.records()
-    if store is not None:
-        store.close()
+def _list(args: argparse.Namespace, options: AuthOptions, store_path: Path) -> int:
+    store = _shared_store(args, options, None) or TokenStore.open_existing(store_path, None, CLI_BUSY_TIMEOUT)
+    try:
+        records = [] if store is None else store.records()
+    finally:
+        if store is not None:
+            store.close()
     if args.json:
         print(orjson.dumps([_row(record) for record in records]).decode())
         return 0
     if not records:
-        print(f"no tokens in {store_path}")
+        print(f"no tokens in {_where(args, options, store_path)}")
         return 0
     rows = [["ID", "KIND", "SUBJECT", "LABEL", "BACKENDS", "CREATED", "EXPIRES", "REVOKED"]]
     rows += [_columns(record) for record in records]
@@ -158,8 +163,8 @@ def _list(args: argparse.Namespace, store_path: Path) -> int:
     return 0
 
 
-def _revoke(args: argparse.Namespace, store_path: Path) -> int:
-    store = TokenStore.open_existing(store_path, None, CLI_BUSY_TIMEOUT)
+def _revoke(args: argparse.Namespace, options: AuthOptions, store_path: Path) -> int:
+    store = _shared_store(args, options, None) or TokenStore.open_existing(store_path, None, CLI_BUSY_TIMEOUT)
     if store is None:
         return _fail(f"no token with id {args.id!r} (there is no token store at {store_path})")
     try:
@@ -168,7 +173,7 @@ def _revoke(args: argparse.Namespace, store_path: Path) -> int:
     finally:
         store.close()
     if before is None or record is None:
-        return _fail(f"no token with id {args.id!r} in {store_path}")
+        return _fail(f"no token with id {args.id!r} in {_where(args, options, store_path)}")
     if before.revoked_at is not None:
         print(f"token {record.id} was already revoked at {_when(before.revoked_at, '-')}")
     else:
@@ -187,6 +192,19 @@ def _columns(record: TokenRecord) -> list[str]:
         _when(record.expires_at, "never"),
         _when(record.revoked_at, "-"),
     ]
+
+
+def _shared_store(
+    args: argparse.Namespace, options: AuthOptions, key: bytes | None
+) -> RedisTokenStore | None:
+    """The tokens in Redis when the plugin has a ``redis_url`` and no ``--store`` names a file."""
+    if options.redis_url is None or args.store:
+        return None
+    return RedisTokenStore(options.redis_url, options.redis_prefix, CLI_BUSY_TIMEOUT, key)
+
+
+def _where(args: argparse.Namespace, options: AuthOptions, store_path: Path) -> str:
+    return "Redis" if options.redis_url is not None and not args.store else str(store_path)
 
 
 def _key_file(args: argparse.Namespace, options: AuthOptions) -> Path:

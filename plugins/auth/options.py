@@ -135,6 +135,11 @@ class AuthOptions(BaseModel):
     token_key: str | None = None
     token_key_file: str | None = None
     verified_cache_size: int = Field(10_000, ge=0, le=1_000_000)
+    # Gateway tokens in Redis, shared by every instance (inherited from the config's ``redis`` section).
+    redis_url: str | None = None
+    redis_prefix: str = Field("portico:auth:", min_length=1, max_length=100)
+    # The deadline of one round trip to Redis; the first requests wait at most this long for the tokens.
+    redis_timeout_seconds: float = Field(1.0, gt=0, le=30)
 
     @field_validator("resource")
     @classmethod
@@ -145,6 +150,13 @@ class AuthOptions(BaseModel):
     @classmethod
     def _token_key_is_long(cls, value: str | None) -> str | None:
         return long_secret(value, "token_key", "token_key")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("required_claims")
     @classmethod

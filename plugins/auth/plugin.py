@@ -15,6 +15,7 @@ from plugins.auth.gateway_tokens import REVOKED, GatewayTokens
 from plugins.auth.jwt_verifier import JwtVerifier
 from plugins.auth.options import AuthOptions
 from plugins.auth.resource import EndpointResources
+from plugins.auth.shared_tokens import UNCHECKABLE
 from plugins.auth.token_store import TOKEN_PREFIX
 from proxy.chain import ANONYMOUS, Context, Credentials, Handler, Principal
 from proxy.errors import Unauthenticated
@@ -93,7 +94,7 @@ class Auth:
                 raise Unauthenticated("this endpoint requires a bearer token", error=None)
             digest = hashlib.sha256(token.encode()).hexdigest()
             if token.startswith(TOKEN_PREFIX):
-                return self._gateway_principal(token, digest)
+                return await self._gateway_principal(token, digest)
             return await self._jwt_principal(token, digest, credentials)
         except Unauthenticated as exc:
             log.info("refused %s client %s: %s", credentials.transport, credentials.remote, exc.message)
@@ -128,13 +129,13 @@ class Auth:
         self._refuse_if_invalid(principal, key)
         return principal
 
-    def _gateway_principal(self, token: str, digest: str) -> Principal:
+    async def _gateway_principal(self, token: str, digest: str) -> Principal:
         if self.gateway_tokens is None:
             raise Unauthenticated("gateway-issued tokens are not enabled here")
         key = f"{digest} gateway"
         principal = self.cache.get(key)
         if principal is None:
-            principal = self.gateway_tokens.verify(token)
+            principal = await self.gateway_tokens.verify(token)
             self.cache.put(key, principal)
         self._refuse_if_invalid(principal, key)
         return principal
@@ -157,7 +158,10 @@ class Auth:
         else:
             reason = self.invalid_because(principal)
             if reason is not None:
-                ctx.session.end(reason)
+                # Revocations that cannot be heard right now (Redis unreachable) refuse the message, and
+                # the session lives on: it may continue once they can.
+                if reason != UNCHECKABLE:
+                    ctx.session.end(reason)
                 raise Unauthenticated(reason)
         return await call_next(ctx, message)
 
@@ -165,13 +169,16 @@ class Auth:
         """Why ``principal`` may no longer act (its token expired or was revoked), or None."""
         if principal.valid_until is not None and self._now() >= principal.valid_until:
             return EXPIRED
-        if principal.kind in GATEWAY_TOKEN_KINDS and (
-            self.gateway_tokens is None or not self.gateway_tokens.is_active(principal.credential)
-        ):
-            return REVOKED
+        if principal.kind in GATEWAY_TOKEN_KINDS:
+            if self.gateway_tokens is None:
+                return REVOKED
+            if not self.gateway_tokens.checkable:
+                return UNCHECKABLE
+            if not self.gateway_tokens.is_active(principal.credential):
+                return REVOKED
         return None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the token store's connection (the gateway may simply exit instead)."""
         if self.gateway_tokens is not None:
-            self.gateway_tokens.close()
+            await self.gateway_tokens.close()

@@ -106,6 +106,28 @@ def load_key(token_key: str | None, key_file: Path, *, create: bool) -> bytes:
     return key
 
 
+def new_record(
+    key: bytes,
+    kind: TokenKind,
+    subject: str,
+    label: str,
+    backends: tuple[str, ...] | None,
+    created_at: float,
+    expires_at: float | None,
+) -> tuple[TokenRecord, str]:
+    """A fresh token and the record a store keeps of it (the token itself is never stored)."""
+    token_id, token = new_token(kind)
+    record = TokenRecord(
+        token_id, kind, subject, label, backends, token_hash(key, token), created_at, expires_at, None
+    )
+    return record, token
+
+
+def token_hash(key: bytes, token: str) -> str:
+    """What a store keeps of a token: HMAC-SHA256 of the whole token under the server key, in hex."""
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+
+
 class TokenStore:
     """The SQLite file of gateway tokens. Every call is one tiny statement (microseconds)."""
 
@@ -148,7 +170,7 @@ class TokenStore:
         """The keyed hash of ``token`` (a store opened without a key, only to list or revoke, has none)."""
         if self._key is None:
             raise TokenStoreError("the token store was opened without its key")
-        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
+        return token_hash(self._key, token)
 
     def add(
         self,
@@ -160,10 +182,9 @@ class TokenStore:
         expires_at: float | None,
     ) -> tuple[TokenRecord, str]:
         """Store a new token; returns its record and the token itself (which is never stored)."""
-        token_id, token = new_token(kind)
-        record = TokenRecord(
-            token_id, kind, subject, label, backends, self.hash(token), created_at, expires_at, None
-        )
+        if self._key is None:
+            raise TokenStoreError("the token store was opened without its key")
+        record, token = new_record(self._key, kind, subject, label, backends, created_at, expires_at)
         self.connection.execute(
             f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  # constant columns
             (
