@@ -17,9 +17,12 @@ from redis import asyncio as aioredis
 
 from plugins.policy import Policy
 from plugins.policy.broadcast import PUBLISH_SCRIPT
-from proxy.errors import ErrorCode
+from proxy import config
+from proxy.errors import ConfigError, ErrorCode
+from proxy.plugin_loader import build_plugins
 from tests.conftest import RunningGateway, StartGateway, everything
 from tests.rawclient import RawClient, RpcError
+from tests.redis_server import RedisServer
 from tests.test_policy import RBAC_MODEL
 
 # Everyone (anonymous included) may echo and add; the change takes add away.
@@ -209,3 +212,40 @@ async def test_a_change_missed_while_disconnected_is_caught_up_on(
         await redis.aclose()
     await until_denied(client_b, seconds=2.0)
     await until_denied(client_a, seconds=2.0)
+
+
+def test_a_bad_redis_url_is_a_clear_config_error(tmp_path: Path) -> None:
+    folder = policy_files(tmp_path)
+    text = (
+        "plugins:\n  - name: policy\n    options:\n"
+        f"      {{model: {folder / 'model.conf'}, policy: {folder / 'policy.csv'}, redis_url: 'http://x'}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.options\.redis_url: redis_url must be a redis://"):
+        build_plugins(config.parse(text, source="x.yaml"))
+
+
+async def test_after_redis_restarts_without_its_data_changes_still_reach_every_instance(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """The restarted Redis counts versions from 1 again: an instance must not ignore them as old."""
+    first = RedisServer()
+    async with first:
+        a, b, client_a, client_b = await two_instances(start_gateway, tmp_path, first.url)
+        (tmp_path / "a" / "policy.csv").write_text(ECHO_ONLY)
+        await until_denied(client_b, seconds=1.0)
+        (tmp_path / "b" / "policy.csv").write_text(BOTH)
+        started = time.monotonic()
+        while not await may_add(client_a):
+            assert time.monotonic() - started < 1.0, "A did not take B's change"
+            await asyncio.sleep(0.02)
+    second = RedisServer()
+    second.port, second.url = first.port, first.url
+    async with second:
+        for gw in (a, b):
+            listener = policy_of(gw).cluster.channel.listener  # type: ignore[union-attr]
+            await asyncio.wait_for(listener.subscribed.wait(), 3.0)
+        # The policy in force (B's, the last change) is published again, not A's older files.
+        assert await published_version(second.url) is not None
+        assert await may_add(client_a) and await may_add(client_b)
+        (tmp_path / "a" / "policy.csv").write_text(ECHO_ONLY + "# after the restart\n")
+        await until_denied(client_b, seconds=2.0)

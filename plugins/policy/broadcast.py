@@ -20,7 +20,8 @@ the newest one (it is published, and every instance switches to it); an instance
 follows the channel again after losing Redis, publishes its files' policy only if they were modified after
 the published policy's change, and otherwise adopts the published one. So a pod started from an updated
 ConfigMap brings its policy to the others, and a pod restarted with old files does not undo a newer change.
-Texts equal to those in force change nothing and are not published again.
+A Redis that lost its data (restarted without persistence) gets the policy in force back from the first
+instance that follows it again (versions then count from 1 again, which every instance accepts).
 
 While Redis is unreachable every instance keeps enforcing the policy in force (the last one agreed, or its
 own files': refusing everything would be an outage, and the policy is never switched off); a local change
@@ -136,6 +137,8 @@ class ClusterPolicy:
         # The last good policy read from this instance's own files, and when that change was made.
         self._local = engine.policy
         self._local_at = _modified_at(engine.policy)
+        # When the change in force was made, once this instance agreed with the others.
+        self._agreed_at = 0.0
         self._unpublished = False
         self._refused: int | None = None
         self._lock = asyncio.Lock()
@@ -167,7 +170,7 @@ class ClusterPolicy:
 
     async def _try_publish(self) -> None:
         try:
-            await self._publish_local()
+            await self._publish(self._local, self._local_at)
         except REDIS_ERRORS as exc:
             log.warning(
                 "policy: cannot publish the change to the other instances (%s); it is in force here and "
@@ -175,44 +178,49 @@ class ClusterPolicy:
                 exc,
             )
 
-    async def _publish_local(self) -> None:
+    async def _publish(self, policy: LoadedPolicy, at: float) -> None:
+        """Put ``policy`` (changed at ``at``) in force and publish it, unless a newer change was published."""
         newest = await self.channel.newest()
-        if newest is not None and newest.at >= self._local_at:
+        if newest is not None and newest.at >= at:
             # A newer change was published while this one waited: it wins.
             self._unpublished = False
             await self._adopt(newest)
             return
-        version = await self.channel.publish(self._local, self._local_at, self.instance)
+        if not _same_texts(policy, self.engine.policy):
+            self.engine.install(policy)
+        version = await self.channel.publish(policy, at, self.instance)
         self._unpublished = False
-        self.version = max(self.version or 0, version)
+        # What the script returns is the version now current (lower than before if Redis lost its data).
+        self.version, self._agreed_at = version, at
         log.info("policy: published version %d to the other instances", version)
 
     async def _subscribed(self) -> None:
         # After every (re)subscription: what was published while this instance was not listening.
         async with self._lock:
             newest = await self.channel.newest()
-            if newest is None or self._local_at > newest.at:
-                if newest is not None and _same_texts(self._local, newest):
-                    self.version = newest.version
-                else:
-                    if not _same_texts(self._local, self.engine.policy):
-                        self.engine.install(self._local)
-                    await self._publish_local()
-            else:
+            if newest is None and self.version is not None and self._agreed_at >= self._local_at:
+                # Redis lost what was published (restarted without persistence): give it back the policy
+                # in force, not this instance's older files.
+                await self._publish(self.engine.policy, self._agreed_at)
+            elif newest is not None and (newest.at >= self._local_at or _same_texts(newest, self._local)):
                 await self._adopt(newest)
+            else:
+                await self._publish(self._local, self._local_at)
         self.agreed.set()
 
     async def _announced(self, version: int) -> None:
-        if self.version is not None and version <= self.version:
+        if version == self.version:
             return  # this instance's own publication, or one it already has
+        # Any other version means "look": the hash holds the newest publication whatever order the
+        # announcements came in, and a Redis that lost its data counts from 1 again.
         async with self._lock:
             newest = await self.channel.newest()
-            if newest is not None and (self.version is None or newest.version > self.version):
+            if newest is not None and newest.version != self.version:
                 await self._adopt(newest)
 
     async def _adopt(self, published: PublishedPolicy) -> None:
         if _same_texts(self.engine.policy, published):
-            self.version = published.version
+            self.version, self._agreed_at = published.version, published.at
             return
         names = (f"published model v{published.version}", f"published policy v{published.version}")
         try:
@@ -225,7 +233,7 @@ class ClusterPolicy:
                 )
             return
         self.engine.install(policy)
-        self.version = published.version
+        self.version, self._agreed_at = published.version, published.at
         log.info(
             "policy: switched to published version %d from instance %s (%d rules)",
             published.version,
