@@ -173,6 +173,8 @@ async def test_a_lost_subscription_never_leaves_a_revoked_token_accepted(
     alice, bob = create(a, "alice"), create(a, "bob")
     for gw in (a, b):
         assert await answer(gw, alice["token"]) == OK
+    # A session of another token, open on B: refused while B cannot hear revocations, never ended by it.
+    session = await b.client(headers={"Authorization": f"Bearer {bob['token']}"})
     redis = aioredis.Redis.from_url(redis_url)
     try:
         await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
@@ -192,11 +194,16 @@ async def test_a_lost_subscription_never_leaves_a_revoked_token_accepted(
         assert time.monotonic() - started < 3.0, f"B did not follow the channel again in time: {answers}"
         lost_it = lost_it or not listener.subscribed.is_set()
         answers.append(await answer(b, alice["token"]))
+        try:
+            await session.call("tools/list")
+        except RpcError as exc:
+            answers.append(f"session: {exc.error['message']}")
         await asyncio.sleep(0.01)
     # Accepted at most in the moments before B noticed; refused from then on, and revoked at the end.
     refused_from = next(i for i, found in enumerate(answers) if found != OK)
-    assert set(answers[refused_from:]) <= {UNCHECKABLE, REVOKED}, answers
-    assert UNCHECKABLE in answers, answers
+    assert set(answers[refused_from:]) <= {UNCHECKABLE, REVOKED, f"session: {UNCHECKABLE}"}, answers
+    assert UNCHECKABLE in answers and f"session: {UNCHECKABLE}" in answers, answers
+    assert await session.call("tools/list")
     for gw in (a, b):
         await until(gw, bob["token"], OK, seconds=2.0)
         assert await answer(gw, alice["token"]) == REVOKED
