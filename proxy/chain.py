@@ -236,7 +236,9 @@ class Plugin(Protocol):
     """One layer of the chain. See the module docstring for what it may do.
 
     A plugin holding connections or files may also define ``close()`` (sync or async): the gateway
-    calls it once when it stops."""
+    calls it once when it stops. One that follows something outside the process (a Redis channel) may
+    define ``start()`` (sync or async): called once before its chain is put in force (at start-up, or
+    when a reload builds it)."""
 
     async def __call__(self, ctx: Context, message: Message, call_next: Handler) -> Message | None: ...
 

@@ -151,7 +151,9 @@ class Gateway:
             self.backends[name] = make_backend(name, cfg, factory, self, GATEWAY_INFO)
         if self.breakers is not None:
             self.breakers.start()
-        await asyncio.gather(*(self._start_backend(b) for b in self.backends.values()))
+        await asyncio.gather(
+            start_plugins(self.plugins), *(self._start_backend(b) for b in self.backends.values())
+        )
         try:
             self._rebuild_catalog()
         except NameCollision as exc:
@@ -552,18 +554,28 @@ class Gateway:
         log.info("backend %s deregistered at run time", name)
 
 
+async def start_plugins(plugins: list[NamedPlugin]) -> None:
+    """Plugins that follow something outside the process (Redis) begin: ``start()``, sync or async,
+    before the chain they belong to is put in force. One that fails is logged; the gateway serves on."""
+    await _each_plugin(plugins, "start")
+
+
 async def close_plugins(plugins: list[NamedPlugin]) -> None:
     """Plugins that hold connections or files (Redis, SQLite) release them: ``close()``, sync or async."""
+    await _each_plugin(plugins, "close")
+
+
+async def _each_plugin(plugins: list[NamedPlugin], method: str) -> None:
     for named in plugins:
-        close = getattr(named.plugin, "close", None)
-        if not callable(close):
+        call = getattr(named.plugin, method, None)
+        if not callable(call):
             continue
         try:
-            outcome = close()
+            outcome = call()
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception:
-            log.exception("plugin %s failed to close", named.name)
+            log.exception("plugin %s failed to %s", named.name, method)
 
 
 def _asked_timeout(message: Message) -> float | None:

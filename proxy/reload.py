@@ -23,7 +23,7 @@ from proxy import heap
 from proxy.chain import NamedPlugin
 from proxy.config import GatewayConfig, load
 from proxy.errors import BackendUnavailable, ConfigError
-from proxy.gateway import Gateway, close_plugins
+from proxy.gateway import Gateway, close_plugins, start_plugins
 from proxy.plugin_loader import build_plugins
 
 log = logging.getLogger("portico.reload")
@@ -66,6 +66,7 @@ class Reloader:
             outcome = await apply_backends(self.gateway, fresh)
             outcome["plugins_replaced"] = plugins is not None
             if plugins is not None:
+                await start_plugins(plugins)
                 self._put_in_force(plugins, fresh)
         outcome["restart_needed"] = [
             section

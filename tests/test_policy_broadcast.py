@@ -249,3 +249,17 @@ async def test_after_redis_restarts_without_its_data_changes_still_reach_every_i
         assert await may_add(client_a) and await may_add(client_b)
         (tmp_path / "a" / "policy.csv").write_text(ECHO_ONLY + "# after the restart\n")
         await until_denied(client_b, seconds=2.0)
+
+
+async def test_an_instance_that_has_served_nothing_yet_still_shares_its_change(
+    start_gateway: StartGateway, tmp_path: Path, redis_url: str
+) -> None:
+    """The plugin starts following at start-up (``start``), not at its first request: a change to the
+    files of an instance no client has reached yet reaches the others all the same."""
+    a = await start_gateway(settings(policy_files(tmp_path / "a"), redis_url))
+    idle = await start_gateway(settings(policy_files(tmp_path / "idle"), redis_url))
+    client_a = await a.client()
+    assert await may_add(client_a)
+    assert policy_of(idle).cluster is not None
+    (tmp_path / "idle" / "policy.csv").write_text(ECHO_ONLY)
+    await until_denied(client_a, seconds=1.5)

@@ -25,6 +25,7 @@ from proxy.plugin_loader import build_plugins
 from tests.conftest import RunningGateway, StartGateway, everything
 from tests.rawclient import RpcError
 from tests.redis_server import RedisServer
+from tests.test_http_transport import eventually
 
 TOKEN_KEY = "a-cluster-wide-token-hashing-key-0123456789"
 OK = "ok"
@@ -252,3 +253,14 @@ def test_a_bad_redis_url_is_a_clear_config_error() -> None:
     text = f'plugins:\n  - name: auth\n    options: {{token_key: "{TOKEN_KEY}", redis_url: "http://x"}}\n'
     with pytest.raises(ConfigError, match=r"plugins\[0\]\.options\.redis_url: redis_url must be a redis://"):
         build_plugins(config.parse(text, source="x.yaml"))
+
+
+async def test_an_instance_follows_revocations_from_start_up_not_from_its_first_request(
+    start_gateway: StartGateway, tmp_path: Path, redis_url: str
+) -> None:
+    gw = await start_gateway(settings(tmp_path, redis_url))
+    tokens = auth_of(gw).gateway_tokens
+    assert tokens is not None and tokens.shared is not None
+    # No client has reached it: its plugin's start() already reads and follows the shared tokens.
+    shared = tokens.shared
+    await eventually(lambda: shared.in_sync, what="the tokens in sync before any request")

@@ -178,6 +178,11 @@ class Auth:
                 return REVOKED
         return None
 
+    async def start(self) -> None:
+        """With tokens in Redis: follow their changes from start-up, not from the first request."""
+        if self.gateway_tokens is not None and self.gateway_tokens.shared is not None:
+            await self.gateway_tokens.shared.ready()
+
     async def close(self) -> None:
         """Close the token store's connection (the gateway may simply exit instead)."""
         if self.gateway_tokens is not None:

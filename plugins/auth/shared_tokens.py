@@ -185,8 +185,8 @@ class SharedTokens:
         return self._loaded and self.listener.subscribed.is_set()
 
     async def ready(self) -> None:
-        """Start following the channel (there is no start-up hook for plugins: the first request does it)
-        and let the first requests wait, at most the Redis timeout, for the first reading."""
+        """Start following the channel (at start-up, through the plugin's ``start``; else at the first
+        request) and let the first requests wait, at most the Redis timeout, for the first reading."""
         if self.in_sync:
             return
         if self._first_deadline is None:

@@ -118,10 +118,16 @@ class Policy:
             self._enforce(ctx)
         return await call_next(ctx, message)
 
+    async def start(self) -> None:
+        """With Redis: follow the other instances, and watch the files, from start-up."""
+        if self.cluster is not None and not self.cluster.agreed.is_set():
+            await self._join_cluster(self.cluster)
+
     async def _join_cluster(self, cluster: ClusterPolicy) -> None:
-        """The first requests (there is no start-up hook for plugins) start following the other instances
-        and wait, for at most ``redis_timeout_seconds`` after the first, until the published policy is read:
-        an instance that just started decides by the cluster's policy, not by its possibly older files."""
+        """At start-up (``start``), or at the first requests of a plugin that was not started, begin
+        following the other instances and wait, for at most ``redis_timeout_seconds``, until the published
+        policy is read: an instance that just started decides by the cluster's policy, not by its
+        possibly older files."""
         if self._watcher is None:
             cluster.start()
             self._watcher = asyncio.get_running_loop().create_task(self._watch_files(cluster))
