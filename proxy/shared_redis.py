@@ -15,6 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 log = logging.getLogger("portico.redis")
@@ -52,6 +54,9 @@ class ChannelListener:
     A lost connection is logged once and retried every ``retry_seconds``; ``on_subscribed`` runs after
     every successful subscription (the first included), before any message that follows it. Neither
     callback may raise for a reason other than Redis failing: what they raise is logged and skipped.
+    A connection that goes silent without closing (a network path that drops everything) is noticed too:
+    after ``check_seconds`` without a message the listener sends PING, and one that hears nothing for
+    twice that long counts the connection as lost.
     """
 
     def __init__(
@@ -62,12 +67,14 @@ class ChannelListener:
         *,
         on_subscribed: Callable[[], Awaitable[None]] | None = None,
         retry_seconds: float = 1.0,
+        check_seconds: float = 5.0,
     ) -> None:
         self.channel = channel
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0)
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         self._retry_seconds = retry_seconds
+        self._check_seconds = check_seconds
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.subscribed = asyncio.Event()
@@ -105,17 +112,32 @@ class ChannelListener:
             await pubsub.subscribe(self.channel)
             # The subscription is in force once Redis confirms it; only from then on is nothing missed.
             confirmed = None
+            deadline = asyncio.get_running_loop().time() + 2 * self._check_seconds
             while confirmed is None or confirmed.get("type") != "subscribe":
-                confirmed = await pubsub.get_message(timeout=None)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RedisConnectionError("Redis did not confirm the subscription")
+                confirmed = await pubsub.get_message(timeout=self._check_seconds)
             if self._on_subscribed is not None:
                 await self._guarded(self._on_subscribed())
             self.subscribed.set()
             if self._failing:
                 log.info("following the Redis channel %s again", self.channel)
                 self._failing = False
-            async for message in pubsub.listen():
+            await self._listen(pubsub)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            message = await pubsub.get_message(timeout=self._check_seconds)
+            if message is not None:
+                heard = loop.time()
                 if message.get("type") == "message":
                     await self._guarded(self._on_message(message["data"]))
+                continue
+            if loop.time() - heard > 2 * self._check_seconds:
+                raise RedisConnectionError("the connection went silent (no answer to PING)")
+            await pubsub.ping()
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:

@@ -15,6 +15,7 @@ from proxy.errors import ConfigError
 from proxy.gateway import Gateway
 from proxy.plugin_loader import build_plugins, plugin_options
 from proxy.shared_redis import ChannelListener, SharedRedis
+from tests.fault_proxy import Fault, FaultProxy
 
 CACHE_AND_LIMITS = """
 redis: {url: "redis://:hunter2@127.0.0.1:6399/2"}
@@ -160,3 +161,39 @@ def test_several_instances_without_a_shared_request_state_secret_are_warned(
     Gateway(parse(f'redis: {{url: "redis://127.0.0.1:6399/0"}}\nrequest_state: {{secret: "{secret}"}}'), [])
     Gateway(parse("{}"), [])
     assert warned not in caplog.text
+
+
+async def test_a_connection_that_goes_silent_is_noticed_and_followed_again(redis_url: str) -> None:
+    """A network path that drops everything closes nothing: only the listener's PINGs find out."""
+    subscriptions = 0
+    heard: list[bytes] = []
+
+    async def on_subscribed() -> None:
+        nonlocal subscriptions
+        subscriptions += 1
+
+    async def on_message(data: bytes) -> None:
+        heard.append(data)
+
+    async with FaultProxy.for_url(redis_url) as proxy:
+        listener = ChannelListener(
+            proxy.rewrite(redis_url),
+            "portico:test",
+            on_message,
+            on_subscribed=on_subscribed,
+            retry_seconds=0.1,
+            check_seconds=0.2,
+        )
+        publisher = aioredis.Redis.from_url(redis_url)
+        listener.start()
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 5)
+            proxy.set_fault(Fault.blackhole())
+            await _until(lambda: not listener.subscribed.is_set())
+            proxy.set_fault(Fault.passing())
+            await _until(lambda: subscriptions == 2 and listener.subscribed.is_set())
+            await publisher.publish("portico:test", b"after the silence")
+            await _until(lambda: heard == [b"after the silence"])
+        finally:
+            await listener.stop()
+            await publisher.aclose()
