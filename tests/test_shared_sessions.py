@@ -288,3 +288,16 @@ async def test_the_shared_event_log_numbers_events_in_order(
     events = await all_events(await a.post(tool_call("ev_slow", progress="p", seconds=0.1, steps=3), session))
     streams, numbers = sequences(events)
     assert len(streams) == 1 and numbers == sorted(set(numbers)) and len(numbers) == 4
+
+
+async def test_an_instance_at_its_session_bound_takes_no_copy_of_another_instances_session(
+    redis_url: str, start_gateway: StartGateway
+) -> None:
+    a, b = await two_instances(start_gateway, shared(redis_url, listen={"max_sessions": 1}))
+    on_b = await b.open_session()  # B is full
+    from_a = await a.open_session()
+    response = await b.post(request("ping"), from_a)
+    assert response.status == 503
+    assert response.headers["Retry-After"]
+    assert await b.status_of(on_b) == 200
+    assert await a.status_of(from_a) == 200

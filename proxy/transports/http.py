@@ -102,8 +102,7 @@ async def _post_message(
                 400, request_id, InvalidRequest(f"Bad Request: the {SESSION_HEADER} header is required")
             )
         if len(sessions.clients) >= gateway.config.listen.max_sessions:
-            busy = PorticoError("Service Unavailable: too many sessions; try again later")
-            return _error(503, request_id, busy, retry=True)
+            return _too_many_sessions(request_id)
         session, channel = sessions.create(request.remote or "", admission)
     else:
         found = await _session(request, sessions, request_id, admission)
@@ -322,6 +321,9 @@ async def _session(
         )
     client = sessions.clients.get(session_id)
     if client is None and sessions.shared:
+        if len(sessions.clients) >= request.app[GATEWAY].config.listen.max_sessions:
+            # A copy costs what a session costs; past the bound this instance takes no more.
+            return _too_many_sessions(request_id)
         try:
             client = await sessions.adopt(session_id, request.remote or "", admission)
         except SharedStoreUnavailable:
@@ -337,6 +339,11 @@ async def _session(
             InvalidRequest(f"Bad Request: unsupported {VERSION_HEADER} {version!r} (supported: {supported})"),
         )
     return client
+
+
+def _too_many_sessions(request_id: Any) -> web.Response:
+    busy = PorticoError("Service Unavailable: too many sessions; try again later")
+    return _error(503, request_id, busy, retry=True)
 
 
 def _shared_store_down(request_id: Any) -> web.Response:
