@@ -96,16 +96,16 @@ class Gateway:
         self.to_client = Chain(plugins, self._to_client, self.tracing.plugin_observer())
         self.forwarder = Forwarder(self)
         self.listens = ListenHub(self)
-        state = config.request_state
-        self.inputs = InputBridge(
-            state.secret.encode() if state.secret else None, state.ttl_seconds, self.end_session
-        )
         self._http: aiohttp.ClientSession | None = None
         # Shared state for several instances (the ``redis`` section); None: everything in memory.
         self.shared = (
             SharedRedis(str(config.redis.url), config.redis.key_prefix, config.redis.timeout_seconds)
             if config.redis is not None
             else None
+        )
+        state = config.request_state
+        self.inputs = InputBridge(
+            state.secret.encode() if state.secret else None, state.ttl_seconds, self.end_session, self.shared
         )
         self.breakers = (
             SharedBreakers(self.shared, self._breaker_follower) if self.shared is not None else None
@@ -151,6 +151,7 @@ class Gateway:
             self.backends[name] = make_backend(name, cfg, factory, self, GATEWAY_INFO)
         if self.breakers is not None:
             self.breakers.start()
+        self.inputs.start()
         await asyncio.gather(
             start_plugins(self.plugins), *(self._start_backend(b) for b in self.backends.values())
         )
@@ -198,6 +199,7 @@ class Gateway:
         for session in list(self.sessions.values()):
             self.end_session(session)
         await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.inputs.stop()
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
         await close_plugins(self.plugins)
         await self.tracing.close()

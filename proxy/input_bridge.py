@@ -9,6 +9,9 @@ and a ``requestState`` naming the parked call, and resumes the call when the ret
 The ``requestState`` is the gateway's own and the specification treats it as attacker-controlled: it is
 signed (HMAC-SHA256 with a server secret), bound to the principal and to the request (method and
 target), and expires. A parked call nobody comes back for is cancelled upstream when its state expires.
+
+With the ``redis`` section the state also names the instance holding the call, and a retry that reaches
+another instance is carried to it and back (``proxy.parked_relay``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from proxy import jsonrpc
 from proxy.chain import Context
 from proxy.errors import ErrorCode, InvalidParams, PorticoError
 from proxy.jsonrpc import Message
+from proxy.parked_relay import ENDED, ParkedRelay
+from proxy.shared_redis import SharedRedis
 
 if TYPE_CHECKING:
     from proxy.session import Session
@@ -90,6 +95,8 @@ class _ParkedCall:
     id: str
     session: Session
     call: asyncio.Task[Message]
+    # Whom and what its states are for (the principal's subject; the request's binding).
+    principal: str
     binding: str
     arrivals: asyncio.Queue[_Ask] = field(default_factory=asyncio.Queue)
     # Questions put to the client and not answered yet, by the key the client answers them under.
@@ -106,14 +113,28 @@ class InputBridge:
     """Parked calls of modern clients on legacy backends; see the module docstring."""
 
     def __init__(
-        self, secret: bytes | None, ttl_seconds: float, end_session: Callable[[Session], Any]
+        self,
+        secret: bytes | None,
+        ttl_seconds: float,
+        end_session: Callable[[Session], Any],
+        shared: SharedRedis | None = None,
     ) -> None:
         self._signer = StateSigner(secret or secrets.token_bytes(32))
+        # Retries that reach this instance for a call parked on another, and back (with ``redis``).
+        self.relay = ParkedRelay(shared, self._resume_forwarded) if shared is not None else None
         self._ttl = ttl_seconds
         self._end_session = end_session
         self._parked: dict[str, _ParkedCall] = {}
         # The calls running for each session, so a backend's request finds the call it belongs to.
         self._running: dict[str, list[_ParkedCall]] = {}
+
+    def start(self) -> None:
+        if self.relay is not None:
+            self.relay.start()
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
 
     def owns(self, state: object) -> bool:
         return isinstance(state, str) and state.startswith(STATE_PREFIX)
@@ -123,25 +144,43 @@ class InputBridge:
     ) -> Message:
         """Run a modern client's call on a legacy backend: its result, or the backend's questions."""
         task = asyncio.get_running_loop().create_task(start())
-        parked = _ParkedCall(secrets.token_urlsafe(18), session, task, _binding(ctx))
+        parked = _ParkedCall(secrets.token_urlsafe(18), session, task, _principal(ctx), _binding(ctx))
         self._parked[parked.id] = parked
         self._running.setdefault(session.id, []).append(parked)
         session.parked += 1
-        return await self._next(ctx, parked)
+        return await self._next(parked)
 
     async def resume(self, ctx: Context, state: str, params: dict[str, Any]) -> Message:
-        """The client's retry: check its state, hand the answers to the backend, and go on waiting."""
+        """The client's retry: check its state, hand the answers to the backend, and go on waiting;
+        or, for a call parked on another instance, have that instance do so."""
+        principal, binding = _principal(ctx), _binding(ctx)
+        claims = self._checked(state, principal, binding)
+        answers = params.get("inputResponses", {})
+        parked = self._parked.get(str(claims.get("call")))
+        owner = claims.get("at")
+        if parked is None and self.relay is not None and owner not in (None, self.relay.instance):
+            return await self.relay.forward(str(owner), state, answers, principal, binding, ctx.remaining())
+        return await self._resume(claims, parked, answers)
+
+    async def _resume_forwarded(self, state: str, answers: object, principal: str, binding: str) -> Message:
+        """A retry another instance forwarded: checked again here, as the relay is no authority."""
+        claims = self._checked(state, principal, binding)
+        return await self._resume(claims, self._parked.get(str(claims.get("call"))), answers)
+
+    def _checked(self, state: str, principal: str, binding: str) -> dict[str, Any]:
+        """The claims of a state that is genuine, in time, and for this principal and request."""
         claims = self._signer.claims(state)
         if claims.get("exp", 0) < time.time():
             raise InvalidParams("Invalid params: requestState has expired; send the request again")
-        if claims.get("sub") != _principal(ctx) or claims.get("req") != _binding(ctx):
+        if claims.get("sub") != principal or claims.get("req") != binding:
             raise InvalidParams("Invalid params: requestState belongs to another principal or request")
-        parked = self._parked.get(str(claims.get("call")))
+        return claims
+
+    async def _resume(self, claims: dict[str, Any], parked: _ParkedCall | None, answers: object) -> Message:
         if parked is None:
-            raise InvalidParams("Invalid params: the call this requestState resumes has ended; send it again")
+            raise InvalidParams(ENDED)
         if claims.get("round") != parked.round:
             raise InvalidParams("Invalid params: requestState is from an earlier round; use the latest one")
-        answers = params.get("inputResponses", {})
         if not isinstance(answers, dict):
             raise InvalidParams("Invalid params: inputResponses must be an object")
         if parked.expiry is not None:
@@ -155,7 +194,7 @@ class InputBridge:
                     if isinstance(answer, dict)
                     else _error("the client's answer is not an object")
                 )
-        return await self._next(ctx, parked)
+        return await self._next(parked)
 
     async def ask(self, session: Session, message: Message) -> Message:
         """A backend's request during a modern client's call: wait for the answer the retry brings."""
@@ -179,7 +218,7 @@ class InputBridge:
         for parked in list(self._running.get(session_id, [])):
             self._end(parked)
 
-    async def _next(self, ctx: Context, parked: _ParkedCall) -> Message:
+    async def _next(self, parked: _ParkedCall) -> Message:
         """Wait for the call to finish or to ask something; an answer the client left out is asked again."""
         for key in [k for k, ask in parked.outstanding.items() if ask.answer.done()]:
             del parked.outstanding[key]  # the backend withdrew the question
@@ -205,21 +244,23 @@ class InputBridge:
             return parked.call.result()
         while not parked.arrivals.empty():
             self._take(parked, parked.arrivals.get_nowait())
-        return self._input_required(ctx, parked)
+        return self._input_required(parked)
 
     def _take(self, parked: _ParkedCall, ask: _Ask) -> None:
         parked.outstanding[f"{ask.message['method'].replace('/', '-')}-{next(parked.keys)}"] = ask
 
-    def _input_required(self, ctx: Context, parked: _ParkedCall) -> Message:
+    def _input_required(self, parked: _ParkedCall) -> Message:
         parked.expiry = asyncio.get_running_loop().call_later(self._ttl, self._expire, parked)
         parked.round += 1
-        claims = {
+        claims: dict[str, Any] = {
             "call": parked.id,
             "round": parked.round,
-            "sub": _principal(ctx),
-            "req": _binding(ctx),
+            "sub": parked.principal,
+            "req": parked.binding,
             "exp": int(time.time() + self._ttl),
         }
+        if self.relay is not None:
+            claims["at"] = self.relay.instance  # where a retry that lands elsewhere is carried
         requests = {
             key: {"method": ask.message["method"], "params": jsonrpc.params_of(ask.message)}
             for key, ask in parked.outstanding.items()
