@@ -147,6 +147,8 @@ class ParkedRelay:
             message = orjson.loads(data)
             kind, correlation = message["kind"], message["id"]
         except (orjson.JSONDecodeError, TypeError, KeyError):
+            correlation = None
+        if not isinstance(correlation, str):
             log.warning("ignored a malformed message on %s", self.listener.channel)
             return
         if kind == "outcome":

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 from redis import asyncio as aioredis
 
 from proxy.input_bridge import StateSigner
@@ -188,3 +189,43 @@ async def test_a_retry_that_redis_cannot_carry_gets_a_clear_error(start_gateway:
     # The call is still parked where it was: a retry that reaches that instance completes it.
     done = await post(a.http, mcp(a), retry)
     assert done["result"]["content"][0]["text"] == "accept:x"
+
+
+async def test_malformed_messages_on_an_instances_channel_are_ignored_without_a_traceback(
+    redis_url: str, start_gateway: StartGateway, caplog: Any
+) -> None:
+    a, b = await two_instances(start_gateway, shared(redis_url))
+    first = (await post(a.http, mcp(a), tool_call("ev_ask", 1, arguments={"question": "Q"})))["result"]
+    channel = f"{PREFIX}:instance:{relay_of(a).instance}"
+    redis = aioredis.Redis.from_url(redis_url)
+    junk: list[Any] = [
+        b"not json",
+        [1, 2],
+        {"kind": "outcome", "id": ["unhashable"]},
+        {"kind": "resume", "id": "no-fields"},
+        {
+            "kind": "resume",
+            "id": "wrong-types",
+            "state": 1,
+            "principal": 2,
+            "binding": 3,
+            "reply_to": 4,
+            "seconds": 5,
+        },
+    ]
+    for message in junk:
+        assert (
+            await redis.publish(channel, message if isinstance(message, bytes) else orjson.dumps(message))
+            == 1
+        )
+    await redis.aclose()
+
+    [key] = first["inputRequests"]
+    retry = tool_call(
+        "ev_ask", 2, inputResponses={key: elicitation_answer("x")}, requestState=first["requestState"]
+    )
+    done = await post(b.http, mcp(b), retry)
+    assert done["result"]["content"][0]["text"] == "accept:x"
+    malformed = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(malformed) == len(junk)
+    assert not [r for r in caplog.records if r.exc_info is not None]
