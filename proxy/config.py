@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -31,6 +30,7 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from proxy.errors import ConfigError
+from proxy.shared_redis import redis_url_problem
 
 BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 # ``${VAR}``, ``${VAR:-default}`` or ``${file:PATH}``.
@@ -428,17 +428,9 @@ class RedisConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, url: Secret) -> Secret:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError("must name a host: redis://host[:port][/db]")
-        try:
-            _ = parts.port
-            if parts.scheme != "unix":
-                int(parts.path.strip("/") or "0")
-        except ValueError:
-            raise ValueError("has a bad port or database number") from None
+        problem = redis_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
         return url
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -23,6 +24,30 @@ log = logging.getLogger("portico.redis")
 
 # Errors that mean "Redis is unreachable or failed", as opposed to a bug.
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL (its scheme, host, port or database), or None if nothing is."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "must be a redis://, rediss:// or unix:// URL"
+    if parts.scheme != "unix" and not parts.hostname:
+        return "must name a host: redis://host[:port][/db]"
+    try:
+        _ = parts.port
+        if parts.scheme != "unix":
+            int(parts.path.strip("/") or "0")
+    except ValueError:
+        return "has a bad port or database number"
+    return None
+
+
+def checked_redis_url(url: str | None) -> str | None:
+    """A plugin option's validator: ``redis_url`` unset, or usable (else a ValueError saying why)."""
+    problem = None if url is None else redis_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"redis_url {problem}")
+    return url
 
 
 def redis_client(url: str, timeout: float) -> aioredis.Redis:

@@ -18,6 +18,7 @@ from plugins.auth.keys import (
     read_pem_file,
 )
 from plugins.auth.resource import canonical_uri
+from proxy.shared_redis import checked_redis_url
 
 DEFAULT_TOKEN_STORE = ".portico/tokens.sqlite"  # noqa: S105  # a file path, not a password
 KEY_FILE_NAME = "tokens.key"
@@ -153,10 +154,8 @@ class AuthOptions(BaseModel):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
-        return value
+    def _redis_url(cls, value: str | None) -> str | None:
+        return checked_redis_url(value)
 
     @field_validator("required_claims")
     @classmethod

@@ -43,7 +43,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
@@ -62,14 +61,9 @@ from proxy.chain import (
 )
 from proxy.errors import AccessDenied
 from proxy.jsonrpc import Message
+from proxy.shared_redis import checked_redis_url
 
 log = logging.getLogger("portico.policy")
-
-
-def _redis_url(value: str | None) -> str | None:
-    if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
-    return value
 
 
 @dataclass(frozen=True)
@@ -78,7 +72,7 @@ class PolicyOptions:
     policy: str
     decision_cache_size: Annotated[int, Field(ge=0)] = 10_000
     reload_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.25
-    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = None
+    redis_url: Annotated[str | None, AfterValidator(checked_redis_url)] = None
     redis_prefix: Annotated[str, Field(min_length=1, max_length=100)] = "portico:policy:"
     redis_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 1.0
 

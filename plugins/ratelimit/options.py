@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from proxy.shared_redis import checked_redis_url
 
 
 class Limit(BaseModel):
@@ -65,7 +66,5 @@ class RateLimitOptions(BaseModel):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
-        return value
+    def _redis_url(cls, value: str | None) -> str | None:
+        return checked_redis_url(value)
