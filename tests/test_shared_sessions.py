@@ -301,3 +301,24 @@ async def test_an_instance_at_its_session_bound_takes_no_copy_of_another_instanc
     assert response.headers["Retry-After"]
     assert await b.status_of(on_b) == 200
     assert await a.status_of(from_a) == 200
+
+
+async def test_a_resource_update_for_a_subscription_taken_elsewhere_reaches_the_stream_on_another(
+    redis_url: str, start_gateway: StartGateway
+) -> None:
+    """The client's GET stream is on B; its subscription was taken on A, whose backend sends the update:
+    A hands the update to B, which sends it on the stream. Only once, and not A's list changes."""
+    first, second = await two_gateways(start_gateway, shared(redis_url))
+    a, b = endpoint(first), endpoint(second)
+    session = await a.open_session()
+    stream = await b.get(session)
+    assert stream.status == 200
+    events = sse_events(stream)
+    copy_on_a = http_sessions(first)[session][1]
+    await eventually(lambda: not copy_on_a.keeps_unrelated, what="A hears that the stream is on B")
+    _, subscribed = await a.call(session, request("resources/subscribe", {"uri": "portico://ev/memo://one"}))
+    assert subscribed.get("result") == {}, subscribed
+    await a.call(session, tool_call("ev_touch", uri="memo://one"))
+    update = await next_event(events, "notifications/resources/updated")
+    assert update[1]["params"]["uri"] == "portico://ev/memo://one"
+    stream.close()

@@ -71,8 +71,10 @@ class HttpChannel:
         self.standalone: SseSink | None = None
         self._standalone_order = asyncio.Lock()
         # Whether messages unrelated to a request are sent (and kept) here. A session several gateway
-        # instances serve sends them from one instance only: the one that holds its GET stream.
+        # instances serve sends them from one instance only: the one that holds its GET stream; the
+        # others hand theirs to ``hand_over`` (set by the shared sessions), which carries them there.
         self.keeps_unrelated = True
+        self.hand_over: Callable[[bytes], Awaitable[None]] | None = None
         self.exchanges: dict[RequestId, Exchange] = {}
         self.ended = asyncio.Event()
         self.last_active = time.monotonic()
@@ -115,6 +117,8 @@ class HttpChannel:
         # at a time: a sink never writes an event numbered below one it wrote, so the numbers must reach
         # it in order (a store in Redis may answer two recordings in either order).
         if not self.keeps_unrelated:
+            if self.hand_over is not None:
+                await self.hand_over(frame)
             return
         async with self._standalone_order:
             sequence = await self.store.record(self.standalone_stream, frame)

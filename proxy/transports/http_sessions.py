@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
+import orjson
 from aiohttp import web
 
 from proxy.gateway import Gateway
@@ -73,6 +75,8 @@ class HttpSessions:
             else EventStore(self.gateway.config.listen.event_store_size)
         )
         channel = HttpChannel(store)
+        if self.directory is not None:
+            channel.hand_over = functools.partial(self._hand_over, session_id)
         session = Session(
             self.gateway,
             "streamable-http",
@@ -142,6 +146,17 @@ class HttpSessions:
         except SharedStoreUnavailable as exc:
             log.warning("could not pass a message of session %s to other instances (%s)", session_id, exc)
 
+    async def _hand_over(self, session_id: str, frame: bytes) -> None:
+        """A message for the client that this copy does not send: to the copy holding the GET stream."""
+        assert self.directory is not None  # noqa: S101 - set only on shared sessions
+        message = orjson.loads(frame)
+        if str(message.get("method", "")).endswith("/list_changed"):
+            return  # the holder's own backends tell it; handed over too, the client would hear it twice
+        try:
+            await self.directory.announce(News(session_id, "unrelated", message))
+        except SharedStoreUnavailable as exc:
+            log.warning("could not pass a message to session %s's stream elsewhere (%s)", session_id, exc)
+
     async def end(self, session_id: str) -> None:
         """End the session, everywhere."""
         await self._let_go(session_id)
@@ -173,6 +188,9 @@ class HttpSessions:
             if channel.standalone is not None:
                 # The client opened its stream elsewhere; this one is stale.
                 channel.standalone.alive = False
+        elif news.event == "unrelated" and news.message is not None:
+            if channel.keeps_unrelated:
+                await channel.send(orjson.dumps(news.message), None)
         elif news.message is not None and classify(news.message) in (Kind.RESPONSE, Kind.NOTIFICATION):
             await session.receive_parsed(news.message)
 

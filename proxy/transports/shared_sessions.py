@@ -15,8 +15,11 @@ changes or now and then to keep it alive (records expire after ``listen.session_
 
 The copies hear about each other on one pub/sub channel (``News``): a session ended (every copy ends); a
 ``GET`` stream opened on one instance (the others stop sending the session's unrelated messages, so each
-goes out once, from the instance that holds the stream); a client's response or notification POSTed to
-one instance (the copy that waits for that response, or runs the cancelled request, takes it).
+goes out once, from the instance that holds the stream); a message for the client that arose on another
+copy (a resource update for a subscription taken there, a per-client backend's log or request), which
+the holder sends; a client's response or notification POSTed to one instance (the copy that waits for
+that response, or runs the cancelled request, takes it). The ``list_changed`` notifications are not
+handed over: every instance sees its backends change and announces it by itself.
 What does not move: a request runs where it was POSTed (its reply and events reach the client there, or
 through the event log on a resumed stream); a backend with ``session: per-client`` gets a new
 connection on each instance the session reaches, so its own state is per instance.
@@ -39,6 +42,7 @@ from proxy.shared_redis import REDIS_ERRORS, ChannelListener, SharedRedis
 from proxy.transports.redis_events import RedisEventLog
 
 log = logging.getLogger("portico.http")
+
 
 @dataclass(frozen=True)
 class SessionRecord:
@@ -91,7 +95,9 @@ class News:
     """What one instance tells the others about a session."""
 
     session: str
-    event: str  # "ended", "stream" (a GET stream opened there) or "message" (a client's message)
+    # "ended"; "stream" (a GET stream opened there); "message" (a client's message, for the copy it
+    # answers or cancels something of); "unrelated" (a message for the client, for the stream's holder)
+    event: str
     message: Message | None = None
     # The instance that tells it (each skips its own news).
     sender: str = ""
@@ -105,7 +111,7 @@ class News:
             news = cls(**orjson.loads(data))
         except (orjson.JSONDecodeError, TypeError):
             return None
-        return news if news.event in ("ended", "stream", "message") else None
+        return news if news.event in ("ended", "stream", "message", "unrelated") else None
 
 
 class SharedStoreUnavailable(Exception):
