@@ -35,9 +35,8 @@ from proxy.transports.authentication import Admission, admit, belongs
 from proxy.transports.guards import refusal
 from proxy.transports.http_channel import Exchange, HttpChannel, answer
 from proxy.transports.http_sessions import HTTP_SESSIONS, HttpSessions
-from proxy.transports.redis_events import RedisEventLog, follow_elsewhere
 from proxy.transports.shared_sessions import SharedStoreUnavailable
-from proxy.transports.sse import EventLog, SseSink
+from proxy.transports.sse import EventLog, SseSink, follow_elsewhere
 from proxy.transports.websocket import handle_websocket
 
 log = logging.getLogger("portico.http")
@@ -269,8 +268,9 @@ async def _resume_exchange(
             await sink.keep_alive_until(exchange.done)
         finally:
             sink.alive = False
-    elif exchange is None and isinstance(channel.store, RedisEventLog):
-        # The request runs on another instance: what it sends next reaches this one through Redis.
+    elif exchange is None:
+        # The request runs on another instance (sessions shared through Redis): what it sends next
+        # reaches this one through the event log.
         patience = request.app[GATEWAY].config.listen.session_idle_seconds
         await follow_elsewhere(sink, channel.store, stream, after, patience)
     return sink.response

@@ -10,13 +10,12 @@ Both keys live as long as the session does without activity.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 from proxy.shared_redis import SharedRedis
-from proxy.transports.sse import STANDALONE_STREAM, Replay, SseSink, parse_event_id
+from proxy.transports.sse import STANDALONE_STREAM, Replay, parse_event_id
 
 # KEYS: the sequence counter, the event stream; ARGV: SSE stream, frame, capacity, ttl (ms), final flag.
 # Returns the event's sequence number.
@@ -103,23 +102,6 @@ class RedisEventLog:
                         yield sequence, frame
                     if final:
                         return
-
-
-async def follow_elsewhere(
-    sink: SseSink, log: RedisEventLog, stream: int, after: int, patience: float
-) -> None:
-    """Write to ``sink`` the events of a request that runs on another instance as they are recorded,
-    until its reply, until the client goes, or until nothing has come for ``patience`` seconds (the
-    instance running it may have died; the client can resume again)."""
-    loop = asyncio.get_running_loop()
-    last_event = loop.time()
-
-    async def keep_going() -> bool:
-        return loop.time() - last_event < patience and await sink.still_there()
-
-    async for sequence, frame in log.follow(stream, after, keep_going):
-        await sink.write(sequence, frame)
-        last_event = loop.time()
 
 
 def _sequence_of(entry_id: bytes) -> int:

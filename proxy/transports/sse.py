@@ -13,6 +13,7 @@ import collections
 import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -52,6 +53,13 @@ class EventLog(Protocol):
         """The stream an event id belongs to and its later events; None if unknown or too old to replay."""
         ...
 
+    def follow(
+        self, stream: int, after: int, keep_going: Callable[[], Awaitable[bool]]
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """The events of a request's stream after ``after`` as another instance records them, until its
+        reply or until ``keep_going`` says no (nothing, for a log only this instance writes)."""
+        ...
+
 
 class EventStore:
     """The latest events of one session, in memory, for replay after a reconnect."""
@@ -79,6 +87,14 @@ class EventStore:
         # Nobody follows a stream in memory but the exchange itself, which knows it has ended.
         return None
 
+    async def follow(
+        self, stream: int, after: int, keep_going: Callable[[], Awaitable[bool]]
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        # Every request whose events are kept here runs here: none is left to follow once its exchange
+        # has gone.
+        return
+        yield
+
     async def after(self, event_id: str) -> Replay | None:
         stream, sequence = parse_event_id(event_id)
         if stream is None or sequence is None or not 0 < stream <= self._streams:
@@ -93,6 +109,21 @@ def parse_event_id(event_id: str) -> tuple[int | None, int | None]:
     if not (stream.isdigit() and sequence.isdigit()):
         return None, None
     return int(stream), int(sequence)
+
+
+async def follow_elsewhere(sink: SseSink, log: EventLog, stream: int, after: int, patience: float) -> None:
+    """Write to ``sink`` the events of a request that runs on another instance as they are recorded,
+    until its reply, until the client goes, or until nothing has come for ``patience`` seconds (the
+    instance running it may have died; the client can resume again)."""
+    loop = asyncio.get_running_loop()
+    last_event = loop.time()
+
+    async def keep_going() -> bool:
+        return loop.time() - last_event < patience and await sink.still_there()
+
+    async for sequence, frame in log.follow(stream, after, keep_going):
+        await sink.write(sequence, frame)
+        last_event = loop.time()
 
 
 class SseSink:
