@@ -8,17 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from proxy.gateway import TIMEOUT_META_KEY
 from tests.cluster import Instance, Settings, gateway_cluster
-from tests.test_input_bridge import MODERN, elicitation_answer, tool_call
+from tests.test_input_bridge import elicitation_answer, post_with_headers, tool_call
 
 SECRET = "the cluster's requestState secret, 32+"
 ENDED = "the call this requestState resumes has ended; send it again"
@@ -36,26 +35,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def post(
-    http: aiohttp.ClientSession, url: str, message: dict[str, Any]
-) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """One modern POST: its reply (as JSON or as an SSE stream's reply event) and its headers."""
-    headers = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": message["method"],
-        "Mcp-Name": message["params"]["name"],
-    }
-    async with http.post(url, json=message, headers=headers) as response:
-        if response.content_type == "text/event-stream":
-            lines = (await response.text()).splitlines()
-            events = [
-                orjson.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip()
-            ]
-            return next(e for e in events if e.get("id") == message["id"]), response.headers
-        return await response.json(), response.headers
-
-
 def answered(reply: dict[str, Any]) -> str:
     return "".join(part["text"] for part in reply["result"]["content"])
 
@@ -64,7 +43,7 @@ async def test_a_parked_call_completes_with_retries_that_land_on_other_instances
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     async with gateway_cluster(tmp_path, configure=same_secret) as cluster:
-        reply, headers = await post(http, cluster.mcp, tool_call("ev_ask_twice", 1))
+        reply, headers = await post_with_headers(http, cluster.mcp, tool_call("ev_ask_twice", 1))
         holder = cluster.answered_by(headers)
         first = reply["result"]
         assert first["resultType"] == "input_required"
@@ -74,7 +53,7 @@ async def test_a_parked_call_completes_with_retries_that_land_on_other_instances
 
         # Round-robin gives the retry to the next instance; the call's next question comes back from it.
         retry = tool_call("ev_ask_twice", 2, inputResponses=answers, requestState=first["requestState"])
-        reply, headers = await post(http, cluster.mcp, retry)
+        reply, headers = await post_with_headers(http, cluster.mcp, retry)
         assert cluster.answered_by(headers) is not holder
         second = reply["result"]
         assert second["resultType"] == "input_required"
@@ -87,20 +66,22 @@ async def test_a_parked_call_completes_with_retries_that_land_on_other_instances
             inputResponses={key: elicitation_answer("c")},
             requestState=second["requestState"],
         )
-        reply, headers = await post(http, cluster.mcp, last)
+        reply, headers = await post_with_headers(http, cluster.mcp, last)
         assert cluster.answered_by(headers) is not holder
         assert reply["id"] == 3 and answered(reply) == "first?,second?,c"
         assert reply["result"]["resultType"] == "complete"
 
         # A sampling request the same way.
-        reply, headers = await post(http, cluster.mcp, tool_call("ev_sample", 4, arguments={"prompt": "hi"}))
+        reply, headers = await post_with_headers(
+            http, cluster.mcp, tool_call("ev_sample", 4, arguments={"prompt": "hi"})
+        )
         holder = cluster.answered_by(headers)
         [key] = reply["result"]["inputRequests"]
         sampled = {"role": "assistant", "content": {"type": "text", "text": "sampled"}, "model": "m"}
         retry = tool_call(
             "ev_sample", 5, inputResponses={key: sampled}, requestState=reply["result"]["requestState"]
         )
-        reply, headers = await post(http, cluster.mcp, retry)
+        reply, headers = await post_with_headers(http, cluster.mcp, retry)
         assert cluster.answered_by(headers) is not holder
         assert answered(reply) == "sampled"
 
@@ -112,7 +93,9 @@ def backend_of(instance: Instance) -> int:
 
 async def park(http: aiohttp.ClientSession, holder: Instance, request_id: int) -> dict[str, Any]:
     """An ev_ask call parked on ``holder``; its retry, with an answer, for another instance to send."""
-    reply, _ = await post(http, holder.mcp, tool_call("ev_ask", request_id, arguments={"question": "Q"}))
+    reply, _ = await post_with_headers(
+        http, holder.mcp, tool_call("ev_ask", request_id, arguments={"question": "Q"})
+    )
     [key] = reply["result"]["inputRequests"]
     return tool_call(
         "ev_ask",
@@ -135,11 +118,11 @@ async def test_a_retry_is_answered_by_its_deadline_and_when_its_holder_dies(
         stuck = backend_of(holder)
         os.kill(stuck, signal.SIGSTOP)
         try:
-            reply, _ = await asyncio.wait_for(post(http, other.mcp, retry), 10)
+            reply, _ = await asyncio.wait_for(post_with_headers(http, other.mcp, retry), 10)
         finally:
             os.kill(stuck, signal.SIGCONT)
         assert reply["error"]["code"] == REQUEST_TIMEOUT, reply
-        reply, _ = await post(http, holder.mcp, retry)
+        reply, _ = await post_with_headers(http, holder.mcp, retry)
         assert reply["error"]["code"] == INVALID_PARAMS and ENDED in reply["error"]["message"], reply
 
         # The holder dies while another instance waits for it: that one tells the client within seconds,
@@ -147,7 +130,7 @@ async def test_a_retry_is_answered_by_its_deadline_and_when_its_holder_dies(
         retry = await park(http, holder, 3)
         stuck = backend_of(holder)
         os.kill(stuck, signal.SIGSTOP)
-        waiting = asyncio.ensure_future(post(http, other.mcp, retry))
+        waiting = asyncio.ensure_future(post_with_headers(http, other.mcp, retry))
         try:
             await asyncio.sleep(1.5)
             assert not waiting.done()
@@ -159,5 +142,5 @@ async def test_a_retry_is_answered_by_its_deadline_and_when_its_holder_dies(
         assert reply["error"]["code"] == INVALID_PARAMS and ENDED in reply["error"]["message"], reply
 
         # ...and a retry that comes after is told at once.
-        reply, _ = await asyncio.wait_for(post(http, third.mcp, retry), 5)
+        reply, _ = await asyncio.wait_for(post_with_headers(http, third.mcp, retry), 5)
         assert reply["error"]["code"] == INVALID_PARAMS and ENDED in reply["error"]["message"], reply

@@ -5,6 +5,7 @@ client's retry (with ``inputResponses`` and the gateway's signed ``requestState`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -39,6 +40,14 @@ def tool_call(tool: str, request_id: int, **extra: Any) -> dict[str, Any]:
 
 async def post(http: aiohttp.ClientSession, url: Any, message: dict[str, Any]) -> dict[str, Any]:
     """One modern POST; the reply whether it came as JSON or as the last event of an SSE stream."""
+    reply, _ = await post_with_headers(http, url, message)
+    return reply
+
+
+async def post_with_headers(
+    http: aiohttp.ClientSession, url: Any, message: dict[str, Any]
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """``post``, and the response's headers (which instance of a cluster answered, say)."""
     headers = {
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": MODERN,
@@ -51,9 +60,9 @@ async def post(http: aiohttp.ClientSession, url: Any, message: dict[str, Any]) -
                 line[5:].strip() for line in (await response.text()).splitlines() if line.startswith("data:")
             ]
             replies = [orjson.loads(e) for e in events if e]
-            return next(r for r in replies if r.get("id") == message["id"])
+            return next(r for r in replies if r.get("id") == message["id"]), response.headers
         reply: dict[str, Any] = await response.json()
-        return reply
+        return reply, response.headers
 
 
 def elicitation_answer(answer: str) -> dict[str, Any]:

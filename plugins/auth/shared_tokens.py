@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 import redis
 
-from plugins.auth.token_store import TokenKind, TokenRecord, TokenStoreError, new_record
+from plugins.auth.token_store import TokenKind, TokenRecord, TokenStoreError, new_record, required_key
 from proxy.errors import Unauthenticated
 from proxy.shared_redis import REDIS_ERRORS, ChannelListener, redis_client
 
@@ -114,9 +114,9 @@ class RedisTokenStore:
         created_at: float,
         expires_at: float | None,
     ) -> tuple[TokenRecord, str]:
-        if self._key is None:
-            raise TokenStoreError("the token store was opened without its key")
-        record, token = new_record(self._key, kind, subject, label, backends, created_at, expires_at)
+        record, token = new_record(
+            required_key(self._key), kind, subject, label, backends, created_at, expires_at
+        )
         with self._failures_explained():
             pipe = self._client.pipeline(transaction=True)
             pipe.hsetnx(self._keys.tokens, record.id, encode_record(record))

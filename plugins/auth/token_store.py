@@ -123,6 +123,14 @@ def new_record(
     return record, token
 
 
+def required_key(key: bytes | None) -> bytes:
+    """The store's key, for what needs one (hashing, adding): a store opened only to list or revoke has
+    none."""
+    if key is None:
+        raise TokenStoreError("the token store was opened without its key")
+    return key
+
+
 def token_hash(key: bytes, token: str) -> str:
     """What a store keeps of a token: HMAC-SHA256 of the whole token under the server key, in hex."""
     return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
@@ -168,9 +176,7 @@ class TokenStore:
 
     def hash(self, token: str) -> str:
         """The keyed hash of ``token`` (a store opened without a key, only to list or revoke, has none)."""
-        if self._key is None:
-            raise TokenStoreError("the token store was opened without its key")
-        return token_hash(self._key, token)
+        return token_hash(required_key(self._key), token)
 
     def add(
         self,
@@ -182,9 +188,9 @@ class TokenStore:
         expires_at: float | None,
     ) -> tuple[TokenRecord, str]:
         """Store a new token; returns its record and the token itself (which is never stored)."""
-        if self._key is None:
-            raise TokenStoreError("the token store was opened without its key")
-        record, token = new_record(self._key, kind, subject, label, backends, created_at, expires_at)
+        record, token = new_record(
+            required_key(self._key), kind, subject, label, backends, created_at, expires_at
+        )
         self.connection.execute(
             f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  # constant columns
             (
